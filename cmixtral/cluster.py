@@ -6,12 +6,12 @@
 __all__ = ['nbs_dir', 'has_parameters_cell', 'list_stages', 'select_stages', 'stage_fingerprint', 'stage_is_current',
            'run_notebook', 'run_pipeline']
 
-# %% ../nbs/80_cluster.ipynb #332ab48d
+# %% ../nbs/80_cluster.ipynb #2e0ed46c
 import json, os, re, sys, time
 from pathlib import Path
 from .core import *
 
-# %% ../nbs/80_cluster.ipynb #2a6c13d1
+# %% ../nbs/80_cluster.ipynb #c25ea0e9
 _STAGE_RE = re.compile(r"^(\d+[a-z]?)_(\w+)\.ipynb$")
 
 def nbs_dir() -> Path:
@@ -35,7 +35,7 @@ def list_stages(nbs:Path|None=None) -> dict[str, Path]:
         if m and has_parameters_cell(p): out[m.group(2)] = p
     return out
 
-# %% ../nbs/80_cluster.ipynb #5c24e78b
+# %% ../nbs/80_cluster.ipynb #4eeaa074
 def select_stages(all_stages:dict, wanted:str|list|None) -> list[str]:
     "The stages to run, in pipeline order: all, or the comma-separated names in `wanted`."
     if not wanted: return list(all_stages)
@@ -44,7 +44,7 @@ def select_stages(all_stages:dict, wanted:str|list|None) -> list[str]:
         if n not in all_stages: fail(f"unknown stage '{n}' (stages: {', '.join(all_stages)})")
     return [s for s in all_stages if s in names]
 
-# %% ../nbs/80_cluster.ipynb #8ff2b5e9
+# %% ../nbs/80_cluster.ipynb #d712df91
 def _source_of(nb_path:Path) -> str:
     "The code and markdown of a notebook, without outputs or metadata (what a clean rerun depends on)."
     nb = json.loads(Path(nb_path).read_text())
@@ -65,7 +65,7 @@ def stage_is_current(run_dir:Path, stage:str, fingerprint:str) -> bool:
     if m.get("pipeline", {}).get("fingerprint") != fingerprint: return False
     return all((Path(run_dir)/o["path"]).exists() for o in m.get("outputs", {}).values())
 
-# %% ../nbs/80_cluster.ipynb #78a2a9e9
+# %% ../nbs/80_cluster.ipynb #f7d78439
 def _failed_cell(out_nb:Path) -> str:
     "Number (among code cells of the source notebook) and first line of the cell whose output is an error."
     try: cells = [c for c in json.loads(Path(out_nb).read_text())["cells"] if c["cell_type"] == "code"
@@ -89,7 +89,7 @@ def run_notebook(nb_path:Path, out_nb:Path, params:dict, log_output:bool=False):
         evalue = " ".join(str(e.evalue).split())
         fail(f"stage notebook {nb_path.name} failed in {_failed_cell(out_nb)}: {e.ename}: {evalue} (full traceback in {out_nb})")
 
-# %% ../nbs/80_cluster.ipynb #d32ddde2
+# %% ../nbs/80_cluster.ipynb #b0aae770
 def run_pipeline(config, out, stages=None, overrides=(), force:bool=False, nbs=None, log_output:bool=False) -> list[dict]:
     "Run the stage notebooks for `config` into the run directory `out`; return one row per stage (ran/skipped, seconds)."
     cfg = load_config(config, overrides)

@@ -6,13 +6,13 @@
 __all__ = ['md_to_html', 'code_to_html', 'output_to_html', 'cell_options', 'cell_to_html', 'notebook_title', 'page_html',
            'render_site', 'project_root', 'build_site', 'readme_text', 'write_readme']
 
-# %% ../nbs/95_docs.ipynb #6e5fe738
+# %% ../nbs/95_docs.ipynb #83562ea4
 import base64, html, json, re, shutil, tempfile
 from pathlib import Path
 import yaml
 from .core import *
 
-# %% ../nbs/95_docs.ipynb #69709c0f
+# %% ../nbs/95_docs.ipynb #471dbb93
 def md_to_html(text:str) -> str:
     "HTML of a Markdown string (tables, strikethrough and URLs supported; raw HTML kept)."
     import mistune
@@ -26,7 +26,7 @@ def code_to_html(src:str) -> str:
     from pygments.formatters import HtmlFormatter
     return highlight(src, PythonLexer(), HtmlFormatter(cssclass="code"))
 
-# %% ../nbs/95_docs.ipynb #d609bce9
+# %% ../nbs/95_docs.ipynb #0a70f1f1
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def output_to_html(out:dict) -> str:
@@ -47,7 +47,7 @@ def output_to_html(out:dict) -> str:
     if "text/plain" in data: return f'<pre class="out">{html.escape(_ANSI.sub("", "".join(data["text/plain"])))}</pre>'
     return ""
 
-# %% ../nbs/95_docs.ipynb #01f0f586
+# %% ../nbs/95_docs.ipynb #573b6aeb
 def cell_options(src:str) -> tuple[dict, str]:
     "Split a code cell's leading `#| key: value` options from its source."
     opts, lines = {}, src.splitlines()
@@ -67,7 +67,7 @@ def cell_to_html(cell:dict) -> str:
     if opts.get("output") != "false": parts += [output_to_html(o) for o in cell.get("outputs", [])]
     return f'<div class="cell">{"".join(parts)}</div>' if any(parts) else ""
 
-# %% ../nbs/95_docs.ipynb #8666caf3
+# %% ../nbs/95_docs.ipynb #61f4496e
 def notebook_title(nb:dict, fallback:str) -> tuple[str, str]:
     "(title, description) from the processed notebook's front matter, or from its `# Title` / `> summary` cell."
     for c in nb["cells"][:3]:
@@ -81,7 +81,7 @@ def notebook_title(nb:dict, fallback:str) -> tuple[str, str]:
             return lines[0][2:].strip(), desc
     return fallback, ""
 
-# %% ../nbs/95_docs.ipynb #688b2061
+# %% ../nbs/95_docs.ipynb #5a9ebb44
 _CSS = """
 body{margin:0;font:16px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC",sans-serif;color:#1d1d1f}
 nav{position:fixed;top:0;left:0;bottom:0;width:230px;overflow-y:auto;background:#f6f7f9;border-right:1px solid #e3e5e8;padding:18px 14px}
@@ -106,7 +106,7 @@ def page_html(title:str, desc:str, body:str, nav:list[tuple[str, str]], current:
             f'<body><nav><div class="brand">{site}</div>{links}</nav><main>'
             f'<h1>{html.escape(title)}</h1>{f"<p class=desc>{html.escape(desc)}</p>" if desc else ""}{body}</main></body></html>')
 
-# %% ../nbs/95_docs.ipynb #df5e3363
+# %% ../nbs/95_docs.ipynb #3ac983b8
 def _page_name(nb_path:Path) -> str: return "index.html" if nb_path.stem == "index" else f"{nb_path.stem}.html"
 
 def _drop_title_cell(cells:list) -> list:
@@ -137,7 +137,7 @@ def render_site(nbs:list[Path], out:Path, images:Path|None=None) -> Path:
         if images and images.exists(): shutil.copytree(images, tmp/images.name)
     return Path(out)
 
-# %% ../nbs/95_docs.ipynb #c5b65551
+# %% ../nbs/95_docs.ipynb #eed65682
 def project_root() -> Path:
     "The folder holding `settings.ini` (the checkout)."
     from cmixtral.cluster import nbs_dir
@@ -152,7 +152,7 @@ def build_site(out="_site", root=None) -> Path:
         proc = proc_nbs(n_workers=0, force=True)
     return render_site(sorted(Path(proc).glob("*.ipynb")), out, root/"nbs"/"images")
 
-# %% ../nbs/95_docs.ipynb #85e6d443
+# %% ../nbs/95_docs.ipynb #fd15e178
 def readme_text(nb_path:Path) -> str:
     "README Markdown from a notebook: Markdown cells verbatim, code cells as fenced blocks, hidden cells dropped."
     nb, parts = json.loads(Path(nb_path).read_text()), []

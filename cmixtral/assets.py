@@ -106,12 +106,13 @@ def _extract(archive:Path, out:Path, prefix:str="", strip_top:bool=False):
             if rel and rel.startswith(prefix): m.name = rel; members.append(m)
         tf.extractall(tmp, members=members, filter="data")
 
-# %% ../nbs/01_assets.ipynb #82d6f56e
+# %% ../nbs/01_assets.ipynb #9df7caf0
 def _check_md5(path:Path, md5:str) -> bool:
     return not md5 or file_hash(path) == md5
 
 def fetch_asset(spec:AssetSpec, cache:Path) -> Path:
     "Local path of the asset `spec`, copied into or fetched to `cache` and checked by md5."
+    cache = Path(cache); cache.mkdir(parents=True, exist_ok=True)
     if spec.source == "path":
         p = Path(spec.file).expanduser()
         if not p.exists(): fail(f"asset {p} not found")

@@ -10,7 +10,7 @@ import argparse, sys
 from pathlib import Path
 from .core import *
 
-# %% ../nbs/90_cli.ipynb #28324d25
+# %% ../nbs/90_cli.ipynb #fc4426ac
 def _pipeline(a):
     from cmixtral.cluster import run_pipeline
     rows = run_pipeline(a.config, a.out, a.stages, a.p, force=a.force, log_output=a.verbose)
@@ -24,11 +24,15 @@ def _docs(a):
     from cmixtral.docs import build_site
     print(build_site(out=a.out))
 
+def _adopt(a):
+    from cmixtral.docs import adopt_run
+    for nb, n in adopt_run(a.run_dir).items(): print(f"{nb}: {n} cells")
+
 def _readme(a):
     from cmixtral.docs import write_readme
     print(write_readme())
 
-# %% ../nbs/90_cli.ipynb #d42147a9
+# %% ../nbs/90_cli.ipynb #c9b82b3b
 def make_parser() -> argparse.ArgumentParser:
     "The `cmixtral` argument parser with its sub-commands."
     ap = argparse.ArgumentParser(prog="cmixtral", description="The Chinese-Mixtral-8x7B recipe, notebook by notebook.")
@@ -45,6 +49,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("docs", help="render the docs site offline (no Quarto needed)")
     p.add_argument("--out", default="_site", help="output folder"); p.set_defaults(func=_docs)
     p = sub.add_parser("readme", help="write README.md from nbs/index.ipynb"); p.set_defaults(func=_readme)
+    p = sub.add_parser("adopt", help="copy a run's executed outputs into the nbs/ notebooks")
+    p.add_argument("run_dir", help="run directory, e.g. runs/tiny"); p.set_defaults(func=_adopt)
     return ap
 
 # %% ../nbs/90_cli.ipynb #1c636bcd

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['md_to_html', 'code_to_html', 'output_to_html', 'cell_options', 'cell_to_html', 'notebook_title', 'page_html',
-           'render_site', 'project_root', 'build_site', 'readme_text', 'write_readme']
+           'render_site', 'project_root', 'build_site', 'adopt_outputs', 'adopt_run', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, html, json, re, shutil, tempfile
@@ -152,7 +152,31 @@ def build_site(out="_site", root=None) -> Path:
         proc = proc_nbs(n_workers=0, force=True)
     return render_site(sorted(Path(proc).glob("*.ipynb")), out, root/"nbs"/"images")
 
-# %% ../nbs/95_docs.ipynb #fd15e178
+# %% ../nbs/95_docs.ipynb #23e6591d
+def adopt_outputs(executed:Path, source:Path) -> int:
+    "Copy outputs (less stderr) of `executed`, a papermill copy, into the cells of `source` with the same source; return cells updated."
+    ex = json.loads(Path(executed).read_text()); src = json.loads(Path(source).read_text())
+    by_src = {}
+    for c in ex["cells"]:
+        if c["cell_type"] == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", []):
+            keep = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            by_src.setdefault("".join(c["source"]), keep)   # progress bars and log lines (stderr) stay in the run's copy
+    n = 0
+    for c in src["cells"]:
+        if c["cell_type"] == "code" and "".join(c["source"]) in by_src:
+            c["outputs"] = by_src["".join(c["source"])]; c["execution_count"] = None; n += 1
+    with atomic_path(source) as tmp: tmp.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
+    return n
+
+def adopt_run(run_dir, nbs:Path|None=None) -> dict:
+    "Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`."
+    from cmixtral.cluster import nbs_dir
+    nbs = Path(nbs or nbs_dir())
+    done = {p.name: adopt_outputs(p, nbs/p.name) for p in sorted((Path(run_dir)/"notebooks").glob("*.ipynb")) if (nbs/p.name).exists()}
+    if not done: fail(f"no executed notebooks in {run_dir}/notebooks")
+    return done
+
+# %% ../nbs/95_docs.ipynb #c174aca2
 def readme_text(nb_path:Path) -> str:
     "README Markdown from a notebook: Markdown cells verbatim, code cells as fenced blocks, hidden cells dropped."
     nb, parts = json.loads(Path(nb_path).read_text()), []
@@ -164,7 +188,8 @@ def readme_text(nb_path:Path) -> str:
             opts, code = cell_options(src)
             lang = "bash" if code.startswith("!") else "python"
             parts.append(f"```{lang}\n{code.lstrip('!') if lang == 'bash' else code}\n```")
-    return "<!-- generated from nbs/index.ipynb by `cmixtral readme`: edit the notebook, not this file -->\n\n" + "\n\n".join(parts) + "\n"
+    text = "\n\n".join(parts).replace("](images/", "](nbs/images/")    # images live beside the notebooks
+    return "<!-- generated from nbs/index.ipynb by `cmixtral readme`: edit the notebook, not this file -->\n\n" + text + "\n"
 
 def write_readme(root=None) -> Path:
     "Write README.md from nbs/index.ipynb."

@@ -12,5 +12,6 @@ def root() -> Path: return ROOT
 def cache(tmp_path_factory) -> Path:
     "One cache for the whole session (as a user's machine would have), unless CMIXTRAL_CACHE is set."
     p = Path(os.environ.get("CMIXTRAL_CACHE") or tmp_path_factory.mktemp("cache"))
+    p.mkdir(parents=True, exist_ok=True)
     os.environ["CMIXTRAL_CACHE"] = str(p)
     return p

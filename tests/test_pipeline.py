@@ -69,9 +69,9 @@ def test_resume_after_failure_starts_at_the_failed_stage(tmp_path, cache):
     shutil.copy(ROOT/"nbs"/"01_assets.ipynb", nbs)
     flag = tmp_path/"fail-once"; flag.write_text("x")
     check = {"cells": [
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
+        {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
          "source": "config = ''\nrun_dir = ''\noverrides = []"},
-        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source":
+        {"cell_type": "code", "id": "work", "metadata": {}, "execution_count": None, "outputs": [], "source":
          "from pathlib import Path\nfrom cmixtral.core import *\n"
          f"flag = Path({str(flag)!r})\n"
          "if flag.exists():\n    flag.unlink(); raise RuntimeError('injected failure')\n"

@@ -81,7 +81,7 @@ def notebook_title(nb:dict, fallback:str) -> tuple[str, str]:
             return lines[0][2:].strip(), desc
     return fallback, ""
 
-# %% ../nbs/95_docs.ipynb #5a9ebb44
+# %% ../nbs/95_docs.ipynb #2cda4cda
 _CSS = """
 body{margin:0;font:16px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC",sans-serif;color:#1d1d1f}
 nav{position:fixed;top:0;left:0;bottom:0;width:230px;overflow-y:auto;background:#f6f7f9;border-right:1px solid #e3e5e8;padding:18px 14px}
@@ -92,7 +92,8 @@ h1{margin-top:0} .desc{color:#57606a;font-size:18px;margin-top:-8px}
 .code{background:#f6f8fa;border-radius:6px;padding:2px 12px;overflow-x:auto;font-size:13.5px}
 pre.out{background:#fff;border-left:3px solid #d0d7de;padding:6px 12px;overflow-x:auto;font-size:13px;margin:4px 0}
 pre.err{border-color:#cf222e} img.fig{max-width:100%;display:block;margin:8px 0}
-table{border-collapse:collapse;font-size:14px;margin:8px 0} td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;font-size:14px;margin:8px 0} td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
+main pre{overflow-x:auto}
 th{background:#f6f8fa} .cell{margin:10px 0}
 """
 

@@ -26,8 +26,13 @@ shutil.rmtree(cache, ignore_errors=True)
 if r.returncode: sys.exit(r.returncode)
 rows = json.loads((out/"pipeline.json").read_text())["stages"]
 print(f"\n{'stage':<12} {'wall s':>8}   stage timings (s)")
+lines = ["stage,wall_s,timings"]
 for row in rows:
     m = json.loads((out/row["stage"]/"manifest.json").read_text())
     inner = ", ".join(f"{k} {v:.0f}" for k, v in m["timings"].items() if k != "total")
     print(f"{row['stage']:<12} {row['seconds']:>8.1f}   {inner}")
+    lines.append(f'{row["stage"]},{row["seconds"]},"{inner}"')
 print(f"{'total':<12} {total:>8.1f}   (cold cache, {os.cpu_count()} cores; goal: tiny pipeline <= 1200 s)")
+lines.append(f"total,{total:.1f},")
+(out/"bench_times.csv").write_text("\n".join(lines) + "\n")
+print(f"written {out/'bench_times.csv'}")

@@ -45,3 +45,5 @@ def test_pages_carry_code_prose_tables_and_figures(site):
     assert 'class="code"' in html and "<table>" in html            # code and the prose's tables
     assert "load_mixtral_tokenizer" in html                         # show_doc / code of the exported functions
     assert "#| export" not in html and "nbdev_export()" not in html  # directives and hidden cells are gone
+    assert '<img class="fig"' in html                              # the run's figures (committed outputs)
+    assert '<img' in (site/"index.html").read_text() and (site/"images"/"base_loss.png").exists()

@@ -235,7 +235,7 @@ def load_texts(run_dir, lang:str, split:str="heldout", max_chars:int=0) -> list[
             out.append(d); n += len(d)
     return out
 
-# %% ../nbs/01_assets.ipynb #3db1f172
+# %% ../nbs/01_assets.ipynb #0f4dffcd
 def tiny_mixtral_config(spec:BaseModelSpec, vocab_size:int=32000):
     "A `MixtralConfig` with Mixtral-8x7B's architecture and `spec`'s sizes."
     from transformers import MixtralConfig
@@ -243,7 +243,7 @@ def tiny_mixtral_config(spec:BaseModelSpec, vocab_size:int=32000):
         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads, num_local_experts=spec.num_local_experts,
         num_experts_per_tok=spec.num_experts_per_tok, max_position_embeddings=spec.max_position_embeddings,
-        rope_theta=1e6, tie_word_embeddings=False, router_aux_loss_coef=0.02, output_router_logits=True,
+        rope_theta=1e6, tie_word_embeddings=False, router_aux_loss_coef=0.02, output_router_logits=False,
         bos_token_id=1, eos_token_id=2, sliding_window=None, torch_dtype="float32")
 
 def build_tiny_mixtral(spec:BaseModelSpec, seed:int=0, vocab_size:int=32000):
@@ -277,7 +277,7 @@ def mix_blocks(en:torch.Tensor, zh:torch.Tensor, n_blocks:int, zh_share:float, s
     rows = torch.cat([take(en, n_en), take(zh, n_zh)])
     return rows[torch.randperm(len(rows), generator=g)]
 
-# %% ../nbs/01_assets.ipynb #6c7b3f8b
+# %% ../nbs/01_assets.ipynb #db06f67a
 def pretrain_base(model, blocks:torch.Tensor, spec:BaseModelSpec, seed:int=0, log_every:int=10) -> list[dict]:
     "Train `model` on the rows of `blocks` for one pass in batches of `spec.batch_size`; return the loss log."
     seed_everything(seed)
@@ -286,7 +286,7 @@ def pretrain_base(model, blocks:torch.Tensor, spec:BaseModelSpec, seed:int=0, lo
     for step in progress(range(steps), "pretrain base"):
         for g in opt.param_groups: g["lr"] = cosine_lr(step, steps, spec.warmup, spec.lr)
         x = blocks[step * spec.batch_size:(step + 1) * spec.batch_size]
-        out = model(input_ids=x, labels=x)
+        out = model(input_ids=x, labels=x, output_router_logits=True)   # adds the load-balancing loss
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); opt.zero_grad(set_to_none=True)

@@ -1,0 +1,54 @@
+"""Tokenisation throughput of the data stage against the `tokenizers` batch encoder called directly.
+
+    python bench/data_throughput.py [--run runs/tiny] [--stage assets] [--mb 30] [--num-proc 2]
+
+Builds a jsonl of about `--mb` MB from the run's assets corpora (Chinese and English, train slices),
+then times, on the same text and the same cores:
+  direct  Tokenizer.encode_batch over all documents (Rust threads on every core; text already in memory)
+  stage   cmixtral.data.encode_files (read jsonl, tokenise in `--num-proc` processes, add <s>/</s>,
+          pack into blocks, write the HF dataset)
+and prints both rates and their ratio (target: stage >= 0.8x direct). A benchmark, not a test.
+"""
+import argparse, json, os, sys, tempfile, time
+from pathlib import Path
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--run", default="runs/tiny"); ap.add_argument("--stage", default="assets")
+ap.add_argument("--mb", type=float, default=30); ap.add_argument("--num-proc", type=int, default=os.cpu_count())
+ap.add_argument("--block-size", type=int, default=256)
+a = ap.parse_args()
+
+from cmixtral.assets import corpus_paths
+from cmixtral.data import encode_files, tokenizer_dir
+
+if __name__ == "__main__":
+    os.environ.setdefault("CMIXTRAL_QUIET", "1")
+    tok_dir = tokenizer_dir(a.run, a.stage)
+    src = [l for p in corpus_paths(a.run, None, "train") for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    tmp = Path(tempfile.mkdtemp(prefix="cmx-bench-"))
+    corpus, size, texts = tmp/"corpus.jsonl", 0, []
+    with open(corpus, "w", encoding="utf-8") as f:
+        i = 0
+        while size < a.mb * 2**20:
+            t = json.loads(src[i % len(src)])["text"]
+            line = json.dumps({"text": t}, ensure_ascii=False) + "\n"
+            f.write(line); size += len(line.encode()); texts.append(t); i += 1
+    chars = sum(map(len, texts))
+    print(f"corpus: {size/2**20:.1f} MB, {len(texts):,} documents, {chars:,} characters; tokenizer {tok_dir}; {os.cpu_count()} cores")
+
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(tok_dir/"tokenizer.json"))
+    t = time.perf_counter(); n_direct = 0
+    for i in range(0, len(texts), 512):
+        n_direct += sum(len(e.ids) for e in tok.encode_batch(texts[i:i + 512], add_special_tokens=False))
+    t_direct = time.perf_counter() - t
+
+    t = time.perf_counter()
+    row = encode_files([(corpus, tmp/"enc")], tok_dir, a.block_size, "document", a.num_proc, chunk_mb=4, batch_docs=512)[0]
+    t_stage = time.perf_counter() - t
+    assert row["tokens"] == n_direct, (row["tokens"], n_direct)
+    print(f"direct encode_batch : {t_direct:7.2f} s  {n_direct / t_direct:,.0f} tokens/s  {size / 2**20 / t_direct:.2f} MB/s")
+    print(f"stage encode_files  : {t_stage:7.2f} s  {row['tokens'] / t_stage:,.0f} tokens/s  {size / 2**20 / t_stage:.2f} MB/s"
+          f"  ({a.num_proc} processes, incl. start-up, packing and writing {row['blocks']:,} blocks)")
+    print(f"ratio stage/direct  : {t_direct / t_stage:.2f}x  (target >= 0.8x)")
+    import shutil; shutil.rmtree(tmp)

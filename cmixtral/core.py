@@ -49,15 +49,16 @@ def file_hash(path, algo:str="md5", chunk:int=1<<20) -> str:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_core.ipynb #34181fe3
-def tree_hash(path, algo:str="md5") -> str:
-    "Checksum of a file, or of a directory as the hash of its files' relative paths and checksums."
+# %% ../nbs/00_core.ipynb #80275d90
+def tree_hash(path, algo:str="md5", max_bytes:int=0) -> str:
+    "Checksum of a file, or of a directory as the hash of its files' relative paths and checksums (files over `max_bytes` > 0: their size)."
     path = Path(path)
-    if path.is_file(): return file_hash(path, algo)
+    def one(p): return f"size {p.stat().st_size}" if max_bytes and p.stat().st_size > max_bytes else file_hash(p, algo)
+    if path.is_file(): return file_hash(path, algo) if not max_bytes else text_hash(one(path), algo)
     if not path.is_dir(): fail(f"cannot checksum {path}: no such file or directory")
     h = hashlib.new(algo)
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(f"{p.relative_to(path).as_posix()}\0{file_hash(p, algo)}\n".encode())
+        h.update(f"{p.relative_to(path).as_posix()}\0{one(p)}\n".encode())
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #b7b2a8ad

@@ -13,8 +13,9 @@ from .assets import base_model_path, base_tokenizer_path, bits_per_char, load_mi
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['METHODS', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model', 'mean_of_rows', 'init_new_rows',
-           'calibrate_lm_head', 'embed_init', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
+__all__ = ['METHODS', 'CALIBRATED', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model', 'mean_of_rows',
+           'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head', 'rest_of_spelling_logprob',
+           'lower_new_rows', 'embed_init', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
            'choose_method', 'init_model_path']
 
 # %% ../nbs/20_embed_init.ipynb #d7763ace
@@ -60,8 +61,9 @@ def resize_model(model, n_tokens:int, pad_to_multiple_of:int=0) -> int:
     for W, mu in zip(_matrices(model), means): W[n_tokens:] = mu.to(W.dtype)
     return rows
 
-# %% ../nbs/20_embed_init.ipynb #e0a03c6c
-METHODS = ("normal", "mean", "global_mean", "mean_calibrated")
+# %% ../nbs/20_embed_init.ipynb #2bb029fe
+METHODS = ("normal", "mean", "global_mean", "mean_calibrated", "first_piece", "spelling")
+CALIBRATED = ("mean_calibrated", "first_piece", "spelling")   # methods whose lm_head rows are calibrated on Chinese training text
 
 @torch.no_grad()
 def mean_of_rows(W:torch.Tensor, spellings:list[list[int]]) -> torch.Tensor:
@@ -79,54 +81,100 @@ def init_new_rows(model, spellings:list[list[int]], n_old:int, method:str="mean"
     "Write the rows of new tokens n_old, n_old+1, … of embed_tokens and lm_head in place by `method` (see METHODS)."
     if method not in METHODS: fail(f"unknown init method '{method}' (use one of {', '.join(METHODS)})")
     if method == "normal": return model        # resize_model left HF's N(0, initializer_range) rows
-    for W in _matrices(model):
+    for i, W in enumerate(_matrices(model)):
         mu = W[:n_old].float().mean(0)
         for lo in range(0, len(spellings), chunk):
             hi = min(len(spellings), lo + chunk)
-            rows = mu.expand(hi - lo, -1) if method == "global_mean" else mean_of_rows(W, spellings[lo:hi])
+            if method == "global_mean": rows = mu.expand(hi - lo, -1)
+            elif method in ("first_piece", "spelling") and i == 1: rows = mean_of_rows(W, [s[:1] for s in spellings[lo:hi]])   # lm_head: first piece
+            else: rows = mean_of_rows(W, spellings[lo:hi])
             W[n_old + lo:n_old + hi] = rows.to(W.dtype)
     return model
 
-# %% ../nbs/20_embed_init.ipynb #64deb148
+# %% ../nbs/20_embed_init.ipynb #7b592d91
 @torch.no_grad()
-def calibrate_lm_head(model, tok, texts:list[str], n_old:int, n_tokens:int, block_size:int=256, max_positions:int=1024) -> dict:
-    "Shift the new lm_head rows along the mean hidden direction so new tokens' predicted mass on `texts` matches their frequency."
+def final_hidden(model, tok, texts:list[str], block_size:int=256, max_positions:int=1024) -> torch.Tensor:
+    "Final hidden states (after the last norm, float32, one row per position) of `model` on the first `max_positions` tokens of `texts`."
     x = pack_documents(texts, tok, block_size)[:max(1, max_positions // block_size)]
     if len(x) == 0: fail(f"calibration needs at least {block_size} tokens of text")
-    head = model.get_output_embeddings().weight
-    if len(_matrices(model)) == 1: fail("mean_calibrated needs an untied lm_head (a tied model shares it with embed_tokens)")
     x = x.to(model.get_input_embeddings().weight.device)
-    h = model.model(input_ids=x).last_hidden_state.reshape(-1, head.shape[1]).to(head.device).float()
+    return model.model(input_ids=x).last_hidden_state.reshape(len(x) * x.shape[1], -1).float()
+
+def bias_direction(h:torch.Tensor, ridge:float=1e-3) -> torch.Tensor:
+    "The vector u with h·u ≈ 1 for every row of `h` (ridge-regularised least squares)."
+    A = h.T @ h / len(h)
+    return torch.linalg.solve(A + ridge * A.diagonal().mean() * torch.eye(len(A), device=h.device), h.mean(0))
+
+# %% ../nbs/20_embed_init.ipynb #d5d8a13b
+@torch.no_grad()
+def calibrate_lm_head(model, tok, texts:list[str], n_old:int, n_tokens:int, u:torch.Tensor, block_size:int=256, max_positions:int=1024) -> dict:
+    "Shift the new lm_head rows along `u` (see `bias_direction`) so new tokens' predicted mass on `texts` matches their frequency."
+    if len(_matrices(model)) == 1: fail("calibration needs an untied lm_head (a tied model shares it with embed_tokens)")
+    head = model.get_output_embeddings().weight
+    h = final_hidden(model, tok, texts, block_size, max_positions).to(head.device); u = u.to(h)
+    x = pack_documents(texts, tok, block_size)[:max(1, max_positions // block_size)]
     freq = ((x >= n_old) & (x < n_tokens)).float().mean().item()     # share of the text's tokens that are new
-    u = h.mean(0) / h.mean(0).dot(h.mean(0))
+    s = (h @ u)[:, None]
     lse_old = torch.logsumexp(h @ head[:n_old].float().T, -1)
-    z_new, s = h @ head[n_old:n_tokens].float().T, (h @ u)[:, None]
+    z_new = h @ head[n_old:n_tokens].float().T
     mass = lambda b: torch.sigmoid(torch.logsumexp(z_new + b * s, -1) - lse_old).mean().item()
     lo, hi = -50.0, 50.0
     for _ in range(30): lo, hi = ((lo + hi) / 2, hi) if mass((lo + hi) / 2) < freq else (lo, (lo + hi) / 2)
     beta = (lo + hi) / 2
     before = mass(0.0)
     head[n_old:n_tokens] += (beta * u).to(head.dtype)
-    return {"beta": beta, "new_token_freq": freq, "new_mass_before": before, "new_mass_after": mass(beta), "positions": h.shape[0]}
+    return {"beta": beta, "new_token_freq": freq, "new_mass_before": before, "new_mass_after": mass(beta),
+            "positions": h.shape[0], "direction_std": s.std().item()}
 
-# %% ../nbs/20_embed_init.ipynb #1cce0920
+# %% ../nbs/20_embed_init.ipynb #cabe7de0
+@torch.no_grad()
+def rest_of_spelling_logprob(model, spellings:list[list[int]], n_old:int, bos_id:int=1, batch:int=256) -> torch.Tensor:
+    "log P(p2 … pk | <s> p1) under `model` for each spelling p1 … pk, in nats, over the first `n_old` tokens (0 for one piece)."
+    out, dev = torch.zeros(len(spellings)), model.get_input_embeddings().weight.device
+    for lo in progress(range(0, len(spellings), batch), "spelling log-probs"):
+        ss = spellings[lo:lo + batch]; L = max(map(len, ss)) + 1
+        x, m = torch.full((len(ss), L), bos_id), torch.zeros(len(ss), L, dtype=torch.long)
+        for j, sp in enumerate(ss): x[j, 1:len(sp) + 1] = torch.tensor(sp); m[j, :len(sp) + 1] = 1
+        logits = model(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 1:-1, :n_old].float().cpu()
+        lp = logits.log_softmax(-1).gather(-1, x[:, 2:, None])[..., 0]     # log P(x_i | x_<i) for pieces 2 … k
+        out[lo:lo + len(ss)] = (lp * m[:, 2:]).sum(1)
+    return out
+
+@torch.no_grad()
+def lower_new_rows(model, amounts:torch.Tensor, u:torch.Tensor, n_old:int, chunk:int=1024):
+    "Add amounts[t]·u to lm_head row n_old + t, chunk by chunk (a logit change of about amounts[t])."
+    head = model.get_output_embeddings().weight
+    for lo in range(0, len(amounts), chunk):
+        hi = min(len(amounts), lo + chunk)
+        head[n_old + lo:n_old + hi] += (amounts[lo:hi, None].to(u) * u[None]).to(head.dtype)
+
+# `embed_init` puts it together: check the tokenizers, spell, resize, initialise.
+
+# %% ../nbs/20_embed_init.ipynb #ba6038b4
 def embed_init(model, old_tok, new_tok, method:str="mean", pad_to_multiple_of:int=0, chunk:int=1024,
-               calib_texts:list[str]|None=None, block_size:int=256) -> dict:
+               calib_texts:dict|None=None, block_size:int=256) -> dict:
     "Resize `model` to `new_tok`'s vocabulary (padded) and initialise the new rows by `method`; returns a summary."
     n_old = check_extends(old_tok, new_tok)
     if model.get_input_embeddings().weight.shape[0] != n_old:
         fail(f"the model has {model.get_input_embeddings().weight.shape[0]} embedding rows but the old tokenizer {n_old} tokens")
-    if method == "mean_calibrated" and not calib_texts: fail("method 'mean_calibrated' needs calib_texts (Chinese training text)")
-    if method == "mean_calibrated" and len(_matrices(model)) == 1:
-        fail("method 'mean_calibrated' needs an untied lm_head (a tied model shares it with embed_tokens); use mean")
+    if method in CALIBRATED and not (calib_texts or {}).get("zh"):
+        fail(f"method '{method}' needs calib_texts: {{'zh': Chinese training text, 'en': English (optional)}}")
+    if method in CALIBRATED and len(_matrices(model)) == 1:
+        fail(f"method '{method}' needs an untied lm_head (a tied model shares it with embed_tokens); use mean")
     spellings = spell_new_tokens(old_tok, new_tok, n_old)
+    if method == "spelling": rest = rest_of_spelling_logprob(model, spellings, n_old, old_tok.bos_token_id)
     rows = resize_model(model, len(new_tok), pad_to_multiple_of)
     init_new_rows(model, spellings, n_old, method, chunk)
     out = {"method": method, "old_tokens": n_old, "new_tokens": len(spellings), "rows": rows,
            "padding_rows": rows - len(new_tok), "tied": len(_matrices(model)) == 1,
            "mean_spelling_length": sum(map(len, spellings)) / max(1, len(spellings))}
-    if method == "mean_calibrated":
-        out["calibration"] = calibrate_lm_head(model, new_tok, calib_texts, n_old, len(new_tok), block_size)
+    if method in CALIBRATED:
+        u = bias_direction(torch.cat([final_hidden(model, new_tok, t, block_size) for t in calib_texts.values() if t]))
+    if method == "spelling":
+        lower_new_rows(model, rest, u, n_old, chunk)
+        out["rest_logprob_mean"] = rest.mean().item()
+    if method in CALIBRATED:
+        out["calibration"] = calibrate_lm_head(model, new_tok, calib_texts["zh"], n_old, len(new_tok), u, block_size)
     return out
 
 # %% ../nbs/20_embed_init.ipynb #c2e008c7

@@ -19,7 +19,7 @@ __all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'MIXTRALKIT_MD5', 'record_messages', '
            'read_adapter', 'check_adapter_fits', 'merge_adapter', 'lora_model', 'merge_peak_bytes',
            'load_for_generation', 'generate', 'read_prompts', 'generate_command', 'permute_rope', 'unpermute_rope',
            'read_md5_list', 'verify_md5', 'write_md5_list', 'hf_to_native', 'native_to_hf', 'sft_model_path',
-           'sft_base_source', 'plot_sft_loss', 'run_models', 'samples_table']
+           'sft_base_source', 'plot_sft_loss']
 
 # %% ../nbs/50_sft.ipynb #9265b70e
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -607,22 +607,3 @@ def plot_sft_loss(loss):
     ax.set_xlabel("optimizer step"); ax.set_ylabel("loss on response tokens (nats)"); ax.legend(); ax.set_title("SFT")
     fig.tight_layout()
     return fig
-
-# %% ../nbs/50_sft.ipynb #74ef8465
-def run_models(run_dir) -> dict:
-    "{name: (model_dir, adapter_dir)} of the models present in a run: base, init, pretrained, sft."
-    from cmixtral.assets import base_model_path
-    rd, out = Path(run_dir), {}
-    if (rd/"assets"/"manifest.json").exists(): out["base"] = (Path(base_model_path(rd)), None)
-    if (rd/"embed_init"/"manifest.json").exists(): out["init"] = (rd/"embed_init"/"model", None)
-    if (rd/"pretrain"/"manifest.json").exists():
-        from cmixtral.pretrain import pretrained_paths
-        b, a = pretrained_paths(rd); out["pretrained"] = (Path(b), Path(a))
-    if (rd/"sft"/"model"/"config.json").exists(): out["sft"] = (rd/"sft"/"model", None)
-    return out
-
-def samples_table(models:dict, prompts:list[str], seed:int=0, **kw):
-    "One row per prompt, one column per model: sampled continuations (a pandas DataFrame)."
-    import pandas as pd
-    cols = {name: generate(d, prompts, adapter=a, seed=seed, **kw) for name, (d, a) in models.items()}
-    return pd.DataFrame(cols, index=pd.Index(prompts, name="prompt"))

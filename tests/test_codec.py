@@ -78,7 +78,7 @@ def test_bad_text_files_are_clear_errors(tmp_path):
     (tmp_path/"gbk.txt").write_bytes("人民日报".encode("gbk"))
     with pytest.raises(CmixtralError, match=r"empty.jsonl: no text \(the file is empty\)"):
         read_text_file(tmp_path/"empty.jsonl")
-    with pytest.raises(CmixtralError, match=r"gbk.txt: not UTF-8 text"):
+    with pytest.raises(CmixtralError, match=r"gbk.txt: not valid UTF-8 text"):
         read_text_file(tmp_path/"gbk.txt")
     with pytest.raises(CmixtralError, match=r"text file .*missing.txt not found"):
         read_text_file(tmp_path/"missing.txt")

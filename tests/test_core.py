@@ -72,7 +72,7 @@ def test_tiny_corpus_is_refused(tmp_path, cache):
 
 def test_invalid_utf8_is_refused(tmp_path):
     p = tmp_path/"bad.txt"; p.write_bytes("好".encode() + b"\xff\xfe")
-    with pytest.raises(CmixtralError, match="not UTF-8"):
+    with pytest.raises(CmixtralError, match="not valid UTF-8 text"):
         read_documents(p, "lines")
 
 def test_cli_bad_input_is_one_line(tmp_path):

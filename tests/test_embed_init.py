@@ -6,11 +6,12 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from cmixtral.core import CmixtralError, Config, StageRun
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file
-from cmixtral.embed_init import (METHODS, check_extends, embed_init, init_model_path, new_token_mass,
-                                 peak_extra_bytes, spell_new_tokens)
+from cmixtral.embed_init import (METHODS, bias_direction, check_extends, embed_init, final_hidden, init_model_path,
+                                 new_token_mass, peak_extra_bytes, rest_of_spelling_logprob, spell_new_tokens)
 
 NEW_PIECES = ["中国", "人民", "中国人民", "龘", "经济发展", "▁北京", "的发展"]
 TEXT = "中国人民的经济发展，北京的发展。"
+EN = "The quick brown fox jumps over the lazy dog. "
 
 def _spm(out: Path, edit) -> Path:
     m = spm_pb.ModelProto(); m.ParseFromString(package_file("mistral_common", "data/tokenizer.model.v1").read_bytes())
@@ -48,7 +49,7 @@ def test_spellings_have_no_bos_and_no_prefix_space(toks):
 def test_old_rows_bitwise_identical_and_model_runs(toks, base, method):
     old, new = toks
     m = copy.deepcopy(base)
-    r = embed_init(m, old, new, method, pad_to_multiple_of=64, chunk=3, calib_texts=[TEXT * 30], block_size=32)
+    r = embed_init(m, old, new, method, pad_to_multiple_of=64, chunk=3, calib_texts={"zh": [TEXT * 30], "en": [EN * 5]}, block_size=32)
     assert r["rows"] == 32064 and r["padding_rows"] == 32064 - len(new) and not r["tied"]
     assert torch.equal(m.model.embed_tokens.weight[:32000], base.model.embed_tokens.weight)
     assert torch.equal(m.lm_head.weight[:32000], base.lm_head.weight)
@@ -83,10 +84,34 @@ def test_normal_and_global_mean(toks, base):
 def test_calibrated_matches_frequency(toks, base):
     old, new = toks
     m = copy.deepcopy(base)
-    r = embed_init(m, old, new, "mean_calibrated", 0, calib_texts=[TEXT * 40], block_size=32)["calibration"]
+    r = embed_init(m, old, new, "mean_calibrated", 0, calib_texts={"zh": [TEXT * 40], "en": [EN * 5]}, block_size=32)["calibration"]
     assert abs(r["new_mass_after"] - r["new_token_freq"]) < 1e-3
     mass = new_token_mass(m, new, ["The quick brown fox jumps over the lazy dog. " * 20], 32000, 32)
     assert 0 <= mass < 1
+
+def test_spelling_rows_are_first_piece_lowered_by_the_rest(toks, base):
+    old, new = toks
+    sp = spell_new_tokens(old, new, 32000)
+    rest = rest_of_spelling_logprob(base, sp, 32000, old.bos_token_id)
+    assert (rest < 0).all()                                            # every new token here has 2+ pieces
+    m = copy.deepcopy(base)
+    r = embed_init(m, old, new, "spelling", 0, chunk=2, calib_texts={"zh": [TEXT * 40], "en": [EN * 5]}, block_size=32)
+    beta = r["calibration"]["beta"]
+    assert abs(r["calibration"]["new_mass_after"] - r["calibration"]["new_token_freq"]) < 1e-3
+    u = bias_direction(torch.cat([final_hidden(m, new, [TEXT * 40], 32), final_hidden(m, new, [EN * 5], 32)]))       # hidden states do not depend on lm_head
+    W, W0 = m.lm_head.weight, base.lm_head.weight
+    for t, s in enumerate(sp):
+        assert torch.allclose(W[32000 + t], W0[s[0]] + (rest[t] + beta) * u, atol=1e-5), (t, s)
+        assert torch.allclose(m.model.embed_tokens.weight[32000 + t], base.model.embed_tokens.weight[s].mean(0), atol=1e-7)
+
+def test_first_piece_rows_keep_english_probability(toks, base):
+    old, new = toks
+    sp = spell_new_tokens(old, new, 32000)
+    m = copy.deepcopy(base)
+    r = embed_init(m, old, new, "first_piece", 0, calib_texts={"zh": [TEXT * 40], "en": [EN * 5]}, block_size=32)
+    u = bias_direction(torch.cat([final_hidden(m, new, [TEXT * 40], 32), final_hidden(m, new, [EN * 5], 32)]))
+    for t, s in enumerate(sp):
+        assert torch.allclose(m.lm_head.weight[32000 + t], base.lm_head.weight[s[0]] + r["calibration"]["beta"] * u, atol=1e-5)
 
 def test_tied_model(toks):
     old, new = toks
@@ -98,8 +123,9 @@ def test_tied_model(toks):
     assert torch.equal(m.model.embed_tokens.weight[:32000], w0)
     t = build_tiny_mixtral(BaseModelSpec(hidden_size=32, intermediate_size=64))
     t.config.tie_word_embeddings = True; t.tie_weights()
-    with pytest.raises(CmixtralError, match="untied lm_head"):
-        embed_init(t, old, new, "mean_calibrated", 0, calib_texts=[TEXT * 40], block_size=32)
+    for method in ("mean_calibrated", "spelling"):
+        with pytest.raises(CmixtralError, match="untied lm_head"):
+            embed_init(t, old, new, method, 0, calib_texts={"zh": [TEXT * 40], "en": [EN * 5]}, block_size=32)
     assert t.model.embed_tokens.weight.shape[0] == 32000                  # refused before anything changed
 
 def test_saved_pair_reloads_with_identical_logits(toks, base, tmp_path):

@@ -61,8 +61,8 @@ def resize_model(model, n_tokens:int, pad_to_multiple_of:int=0) -> int:
     for W, mu in zip(_matrices(model), means): W[n_tokens:] = mu.to(W.dtype)
     return rows
 
-# %% ../nbs/20_embed_init.ipynb #2bb029fe
-METHODS = ("normal", "mean", "global_mean", "mean_calibrated", "first_piece", "spelling")
+# %% ../nbs/20_embed_init.ipynb #2ff225bd
+METHODS = ("normal", "mean", "mean_input", "global_mean", "mean_calibrated", "first_piece", "spelling")
 CALIBRATED = ("mean_calibrated", "first_piece", "spelling")   # methods whose lm_head rows are calibrated on Chinese training text
 
 @torch.no_grad()
@@ -82,6 +82,7 @@ def init_new_rows(model, spellings:list[list[int]], n_old:int, method:str="mean"
     if method not in METHODS: fail(f"unknown init method '{method}' (use one of {', '.join(METHODS)})")
     if method == "normal": return model        # resize_model left HF's N(0, initializer_range) rows
     for i, W in enumerate(_matrices(model)):
+        if method == "mean_input" and i == 1: continue      # lm_head keeps resize_model's N(0, initializer_range) rows
         mu = W[:n_old].float().mean(0)
         for lo in range(0, len(spellings), chunk):
             hi = min(len(spellings), lo + chunk)

@@ -80,6 +80,11 @@ def test_normal_and_global_mean(toks, base):
     m = copy.deepcopy(base); embed_init(m, old, new, "normal", 0)
     new_rows = m.model.embed_tokens.weight[32000:]
     assert new_rows.std().item() < 0.05 and not torch.equal(new_rows[0], new_rows[1])
+    m = copy.deepcopy(base); embed_init(m, old, new, "mean_input", 0)       # mean rows to read, normal rows to predict
+    sp = spell_new_tokens(old, new, 32000)
+    assert torch.allclose(m.model.embed_tokens.weight[32000], base.model.embed_tokens.weight[sp[0]].mean(0), atol=1e-7)
+    head = m.lm_head.weight[32000:]
+    assert head.std().item() < 0.05 and not torch.allclose(head[0], base.lm_head.weight[sp[0]].mean(0), atol=1e-3)
 
 def test_calibrated_matches_frequency(toks, base):
     old, new = toks

@@ -127,7 +127,7 @@ def calibrate_lm_head(model, tok, texts:list[str], n_old:int, n_tokens:int, u:to
     return {"beta": beta, "new_token_freq": freq, "new_mass_before": before, "new_mass_after": mass(beta),
             "positions": h.shape[0], "direction_std": s.std().item()}
 
-# %% ../nbs/20_embed_init.ipynb #cabe7de0
+# %% ../nbs/20_embed_init.ipynb #f1930a8f
 @torch.no_grad()
 def rest_of_spelling_logprob(model, spellings:list[list[int]], n_old:int, bos_id:int=1, batch:int=256) -> torch.Tensor:
     "log P(p2 … pk | <s> p1) under `model` for each spelling p1 … pk, in nats, over the first `n_old` tokens (0 for one piece)."
@@ -148,8 +148,6 @@ def lower_new_rows(model, amounts:torch.Tensor, u:torch.Tensor, n_old:int, chunk
     for lo in range(0, len(amounts), chunk):
         hi = min(len(amounts), lo + chunk)
         head[n_old + lo:n_old + hi] += (amounts[lo:hi, None].to(u) * u[None]).to(head.dtype)
-
-# `embed_init` puts it together: check the tokenizers, spell, resize, initialise.
 
 # %% ../nbs/20_embed_init.ipynb #ba6038b4
 def embed_init(model, old_tok, new_tok, method:str="mean", pad_to_multiple_of:int=0, chunk:int=1024,

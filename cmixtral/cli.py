@@ -10,7 +10,7 @@ import argparse, sys
 from pathlib import Path
 from .core import *
 
-# %% ../nbs/90_cli.ipynb #03910ab0
+# %% ../nbs/90_cli.ipynb #192ea9a4
 def _pipeline(a):
     from cmixtral.cluster import run_pipeline
     rows = run_pipeline(a.config, a.out, a.stages, a.p, force=a.force, log_output=a.verbose)
@@ -26,7 +26,7 @@ def _docs(a):
 
 def _adopt(a):
     from cmixtral.docs import adopt_run
-    for nb, n in adopt_run(a.run_dir).items(): print(f"{nb}: {n} cells")
+    for nb, n in adopt_run(a.run_dir).items(): print(f"{nb}: {n} cells" if nb.endswith(".ipynb") else f"{nb}: copied")
 
 def _readme(a):
     from cmixtral.docs import write_readme

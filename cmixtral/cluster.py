@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'nbs_dir', 'has_parameters_cell', 'list_stages', 'select_stages', 'stage_fingerprint',
            'stage_is_current', 'run_notebook', 'run_pipeline', 'SlurmConfig', 'MemoryConfig', 'ClusterConfig',
-           'stage_module', 'launch_command', 'sbatch_script', 'write_sbatch', 'nf4_bits', 'model_config_from',
-           'param_groups', 'qlora_memory', 'inference_memory_4bit', 'resolve_memory', 'memory_report', 'format_memory']
+           'stage_module', 'launch_command', 'sbatch_script', 'write_sbatch', 'nf4_bits', 'param_groups',
+           'qlora_memory', 'inference_memory_4bit', 'resolve_memory', 'memory_report', 'format_memory']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
 import json, os, re, shlex, sys, time
@@ -216,15 +216,8 @@ def nf4_bits(blocksize:int=64, double_quant:bool=True, dq_blocksize:int=256) -> 
     "Bits of storage per weight of a bitsandbytes NF4 layer (code + block constants)."
     return 4 + (8 / blocksize + 32 / (blocksize * dq_blocksize) if double_quant else 32 / blocksize)
 
-# %% ../nbs/80_cluster.ipynb #92c0a9f7
+# %% ../nbs/80_cluster.ipynb #5fa2aee5
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
-
-def model_config_from(spec, vocab_size:int):
-    "A `MixtralConfig` with the sizes in the assets stage's `base_model` section and `vocab_size` rows."
-    from transformers import MixtralConfig
-    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "num_local_experts", "num_experts_per_tok", "max_position_embeddings")
-    return MixtralConfig(vocab_size=vocab_size, **{k: getattr(spec, k) for k in keys})
 
 def param_groups(model_config, lora_r:int=64, targets=LORA_TARGETS) -> dict:
     "Parameter counts of a Mixtral model by group (4-bit linears, gates, norms, embeddings, lm_head, LoRA), on the meta device."
@@ -304,14 +297,14 @@ def resolve_memory(C:ClusterConfig, pretrain:dict, root:Path=Path(".")) -> Memor
         optimizer="paged_adamw_8bit" if "8bit" in str(optim) else "adamw",
         world_size=pick(M.world_size, max(1, C.slurm.nodes * max(1, C.slurm.gpus_per_node)), "world_size"))
 
-# %% ../nbs/80_cluster.ipynb #375ab4d9
+# %% ../nbs/80_cluster.ipynb #1209bded
 def memory_report(config, overrides=()) -> dict:
     "Estimated per-GPU memory of QLoRA training for `config`, with the 4-bit inference weights beside it."
-    from cmixtral.assets import AssetsConfig
+    from cmixtral.assets import AssetsConfig, tiny_mixtral_config     # the same MixtralConfig the tiny base is built from
     cfg = load_config(config, overrides)
     C = section(cfg, "cluster", ClusterConfig)
     M = resolve_memory(C, cfg.get("pretrain", {}), Path(cfg.path).parent.parent)
-    mc = model_config_from(section(cfg, "assets", AssetsConfig).base_model, M.vocab_size)
+    mc = tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model, M.vocab_size)
     table = qlora_memory(mc, M)
     total = table.GB.sum()
     return {"table": table, "total_gb": total, "fits": total <= M.gpu_gb, "gpu_gb": M.gpu_gb,

@@ -16,7 +16,7 @@ from .vocab import merged_tokenizer_path
 __all__ = ['METHODS', 'CALIBRATED', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model', 'mean_of_rows',
            'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head', 'rest_of_spelling_logprob',
            'lower_new_rows', 'embed_init', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
-           'choose_method', 'init_model_path']
+           'choose_method', 'calibration_texts', 'init_model_path']
 
 # %% ../nbs/20_embed_init.ipynb #d7763ace
 def check_extends(old_tok, new_tok) -> int:
@@ -106,13 +106,14 @@ def bias_direction(h:torch.Tensor, ridge:float=1e-3) -> torch.Tensor:
     A = h.T @ h / len(h)
     return torch.linalg.solve(A + ridge * A.diagonal().mean() * torch.eye(len(A), device=h.device), h.mean(0))
 
-# %% ../nbs/20_embed_init.ipynb #d5d8a13b
+# %% ../nbs/20_embed_init.ipynb #233f58b5
 @torch.no_grad()
-def calibrate_lm_head(model, tok, texts:list[str], n_old:int, n_tokens:int, u:torch.Tensor, block_size:int=256, max_positions:int=1024) -> dict:
-    "Shift the new lm_head rows along `u` (see `bias_direction`) so new tokens' predicted mass on `texts` matches their frequency."
+def calibrate_lm_head(model, tok, texts:list[str], n_old:int, n_tokens:int, u:torch.Tensor, block_size:int=256, max_positions:int=1024,
+                      h:torch.Tensor|None=None) -> dict:
+    "Shift the new lm_head rows along `u` (see `bias_direction`) so new tokens' predicted mass on `texts` matches their frequency (`h`: their `final_hidden`, if already computed)."
     if len(_matrices(model)) == 1: fail("calibration needs an untied lm_head (a tied model shares it with embed_tokens)")
     head = model.get_output_embeddings().weight
-    h = final_hidden(model, tok, texts, block_size, max_positions).to(head.device); u = u.to(h)
+    h = (final_hidden(model, tok, texts, block_size, max_positions) if h is None else h).to(head.device); u = u.to(h)
     x = pack_documents(texts, tok, block_size)[:max(1, max_positions // block_size)]
     freq = ((x >= n_old) & (x < n_tokens)).float().mean().item()     # share of the text's tokens that are new
     s = (h @ u)[:, None]
@@ -149,7 +150,7 @@ def lower_new_rows(model, amounts:torch.Tensor, u:torch.Tensor, n_old:int, chunk
         hi = min(len(amounts), lo + chunk)
         head[n_old + lo:n_old + hi] += (amounts[lo:hi, None].to(u) * u[None]).to(head.dtype)
 
-# %% ../nbs/20_embed_init.ipynb #ba6038b4
+# %% ../nbs/20_embed_init.ipynb #c7a120e7
 def embed_init(model, old_tok, new_tok, method:str="mean", pad_to_multiple_of:int=0, chunk:int=1024,
                calib_texts:dict|None=None, block_size:int=256) -> dict:
     "Resize `model` to `new_tok`'s vocabulary (padded) and initialise the new rows by `method`; returns a summary."
@@ -167,13 +168,13 @@ def embed_init(model, old_tok, new_tok, method:str="mean", pad_to_multiple_of:in
     out = {"method": method, "old_tokens": n_old, "new_tokens": len(spellings), "rows": rows,
            "padding_rows": rows - len(new_tok), "tied": len(_matrices(model)) == 1,
            "mean_spelling_length": sum(map(len, spellings)) / max(1, len(spellings))}
-    if method in CALIBRATED:
-        u = bias_direction(torch.cat([final_hidden(model, new_tok, t, block_size) for t in calib_texts.values() if t]))
-    if method == "spelling":
-        lower_new_rows(model, rest, u, n_old, chunk)
-        out["rest_logprob_mean"] = rest.mean().item()
-    if method in CALIBRATED:
-        out["calibration"] = calibrate_lm_head(model, new_tok, calib_texts["zh"], n_old, len(new_tok), u, block_size)
+    if method in CALIBRATED:       # hidden states do not depend on lm_head: one pass per language serves u and the calibration
+        hs = {lang: final_hidden(model, new_tok, t, block_size) for lang, t in calib_texts.items() if t}
+        u = bias_direction(torch.cat(list(hs.values())))
+        if method == "spelling":
+            lower_new_rows(model, rest, u, n_old, chunk)
+            out["rest_logprob_mean"] = rest.mean().item()
+        out["calibration"] = calibrate_lm_head(model, new_tok, calib_texts["zh"], n_old, len(new_tok), u, block_size, h=hs["zh"])
     return out
 
 # %% ../nbs/20_embed_init.ipynb #c2e008c7
@@ -208,7 +209,7 @@ def plot_bpc(df, title:str=""):
     fig.suptitle(title); fig.tight_layout()
     return fig
 
-# %% ../nbs/20_embed_init.ipynb #fedccd05
+# %% ../nbs/20_embed_init.ipynb #7e6dfdd1
 @dataclass
 class EmbedInitConfig:
     "The `embed_init` section of a config."
@@ -217,7 +218,7 @@ class EmbedInitConfig:
     pad_to_multiple_of: int = 64         # pad the rows to a multiple of this (0: no padding)
     chunk: int = 1024                    # new rows computed per chunk
     eval_chars: int = 6000               # held-out characters per language for bits per character
-    calib_chars: int = 8000              # Chinese training characters for mean_calibrated and the mass measurement
+    calib_chars: int = 8000              # training characters per language for the calibrated methods and the mass measurement
     block_size: int = 256                # tokens per evaluation window
     en_tolerance: float = 0.01           # 'auto' only picks methods whose English bpc is within this of the base's
 
@@ -228,7 +229,11 @@ def choose_method(table, en_tolerance:float=0.01) -> str:
     ok = rows[rows.en <= base_en * (1 + en_tolerance)]
     return str((ok if len(ok) else rows).zh.idxmin())
 
-# %% ../nbs/20_embed_init.ipynb #7447e77b
+# %% ../nbs/20_embed_init.ipynb #872fd548
+def calibration_texts(run_dir, chars:int) -> dict[str, list[str]]:
+    "Training text for the calibrated methods: the first `chars` characters of Chinese and of English."
+    return {lang: load_texts(run_dir, lang, "train", chars) for lang in ("zh", "en")}
+
 def init_model_path(run_dir) -> Path:
     "The resized, initialised model (with its tokenizer) that the embed_init stage saved."
     read_manifest(run_dir, "embed_init")

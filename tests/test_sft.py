@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from peft import PeftModel
 from cmixtral.core import *
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file
-from cmixtral.pretrain import LoraSettings, QuantSettings, load_qlora_model
+from cmixtral.pretrain import LoraSettings, QuantSettings, cpu_safe_4bit, load_qlora_model
 from cmixtral.sft import *
 from cmixtral.sft import _hf_tensors
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STAGE_SECTIONS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash',
-           'text_hash', 'atomic_path', 'write_json', 'read_json', 'Config', 'parse_override', 'load_config',
-           'from_dict', 'section', 'cache_dir', 'open_run_dir', 'stage_dir', 'read_manifest', 'StageRun',
+__all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash',
+           'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
+           'write_jsonl', 'Config', 'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section',
+           'cache_dir', 'project_root', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun',
            'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
@@ -92,6 +93,67 @@ def read_json(path):
     except FileNotFoundError: fail(f"{path}: file not found")
     except json.JSONDecodeError as e: fail(f"{path}: not valid JSON ({e})")
 
+# %% ../nbs/00_core.ipynb #c867c460
+SKIP_REASONS = ("invalid utf-8", "malformed json", "not a json object", "no text field", "empty text")
+
+def _reject(path, line:int, reason:str, detail:str, strict:bool, counts):
+    "Fail (strict) or count `reason` in `counts` (lenient)."
+    if strict:
+        fail(f"{path}:{line}: {detail}")
+    if counts is not None:
+        counts[reason] = counts.get(reason, 0) + 1
+
+def iter_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=None):
+    "Yield each line's `key` string field (`key=None`: the whole JSON value), streaming; strict or lenient."
+    path = Path(path)
+    if not path.exists():
+        fail(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                _reject(path, i, "invalid utf-8", f"not valid UTF-8 text ({e.reason})", strict, counts)
+                continue
+            except ValueError:
+                _reject(path, i, "malformed json", "not valid JSON", strict, counts)
+                continue
+            if key is None:
+                yield obj
+                continue
+            if not isinstance(obj, dict):
+                _reject(path, i, "not a json object", f"not a JSON object with a '{key}' field", strict, counts)
+            elif not isinstance(obj.get(key), str):
+                _reject(path, i, "no text field", f"not a JSON object with a '{key}' string field", strict, counts)
+            elif not strict and not obj[key].strip():
+                _reject(path, i, "empty text", "empty text", strict, counts)
+            elif not _is_unicode(obj[key]):
+                _reject(path, i, "invalid utf-8", "text is not valid Unicode (a lone surrogate escape)", strict, counts)
+            else:
+                yield obj[key]
+
+def _is_unicode(s:str) -> bool:
+    "Whether `s` encodes as UTF-8 (JSON's \\ud800 escapes decode to lone surrogates, which do not)."
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+def read_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=None) -> list:
+    "The list that `iter_jsonl` yields."
+    return list(iter_jsonl(path, key, strict, counts))
+
+def write_jsonl(path, rows, key:str|None="text") -> Path:
+    "Write `rows` as JSON lines atomically: strings as `{key: row}`, or (`key=None`) each row as it is."
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r if key is None else {key: r}, ensure_ascii=False) + "\n")
+    return Path(path)
+
 # %% ../nbs/00_core.ipynb #bcbac2dd
 #: Top-level keys of every config: a run name, the global seed, an optional cache directory, and one section per stage.
 CONFIG_KEYS = ("name", "seed", "cache_dir", "description")
@@ -149,6 +211,17 @@ def load_config(path, overrides=()) -> Config:
         _set_key(d, keys, val, path)
     return Config(d, path, overrides)
 
+# %% ../nbs/00_core.ipynb #b1b4173f
+def add_config_options(parser, out:bool=True, out_required:bool=True):
+    "Add `--config`, `--out` (the run directory) and the repeatable `-p KEY=VALUE` to an argparse parser."
+    parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.yaml")
+    if out:
+        parser.add_argument("--out", required=out_required, default=None,
+                            help="run directory shared by all stages, e.g. runs/tiny")
+    parser.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", dest="p",
+                        help="override a config key with a dotted path, e.g. -p pretrain.train.lr=1e-4 (repeatable)")
+    return parser
+
 # %% ../nbs/00_core.ipynb #be7152c4
 def from_dict(cls, d, where:str, prefix:str):
     "Build dataclass `cls` from mapping `d`, recursing into dataclass fields; unknown or missing keys are errors."
@@ -193,6 +266,16 @@ def cache_dir(cfg:Config|None=None) -> Path:
     p = Path(p).expanduser(); p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/00_core.ipynb #441381e2
+def project_root() -> Path:
+    "The cmixtral checkout (the folder with `settings.ini` and `nbs/`): beside the package, else the cwd or a parent."
+    import cmixtral
+    here = Path(cmixtral.__file__).resolve().parent.parent
+    for p in (here, Path.cwd(), *Path.cwd().parents):
+        if (p/"settings.ini").exists() and (p/"nbs").is_dir():
+            return p
+    fail("cannot find the cmixtral checkout (settings.ini and nbs/): run from it or install it with pip install -e .")
+
 # %% ../nbs/00_core.ipynb #e0179bbb
 def open_run_dir(path, cfg:Config) -> Path:
     "Create or reopen the run directory `path` for `cfg`; refuse one that another config made."
@@ -211,6 +294,10 @@ def stage_dir(run_dir, stage:str) -> Path:
     "The folder where `stage` keeps its outputs and manifest."
     p = Path(run_dir)/stage; p.mkdir(parents=True, exist_ok=True)
     return p
+
+def stage_done(run_dir, stage:str) -> bool:
+    "Whether `stage` has finished in `run_dir` (its manifest exists)."
+    return (Path(run_dir)/stage/"manifest.json").exists()
 
 def read_manifest(run_dir, stage:str) -> dict:
     "The manifest a finished `stage` wrote, or a clear error saying the stage has not run."

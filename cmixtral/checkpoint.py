@@ -145,9 +145,12 @@ def load_pair(path, tokenizer=None, quant:QuantSettings|None=None, adapter=None,
 
 # %% ../nbs/45_checkpoint.ipynb #081ddbf9
 def save_model(model, out_dir, tokenizer=None, max_shard_size="5GB", extra:dict|None=None) -> Path:
-    "Write `model` (safetensors) and `tokenizer` to `out_dir` atomically; `extra`: {file name: JSON object}."
+    "Write `model` (safetensors; a peft model: its adapter) and `tokenizer` to `out_dir` atomically; `extra`: {name: JSON}."
     with atomic_path(out_dir, is_dir=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp)          # a peft model: the adapter (and trained copies) only
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
@@ -297,7 +300,7 @@ def merged_tensor(w:torch.Tensor, part) -> torch.Tensor:
     return w.float() + scale * (b.float() @ a.float())
 
 def copy_model_files(src, dst, names=("config.json", "generation_config.json")):
-    "Copy the non-weight files `names` (and the tokenizer files) of model directory `src` into `dst`."
+    "Copy the non-weight files `names` of model directory `src` into `dst`."
     for n in names:
         if (Path(src)/n).exists():
             shutil.copy(Path(src)/n, Path(dst)/n)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from .core import *
-from .assets import AssetSpec, fetch_asset, base_tokenizer_path, corpus_paths, cut_texts, load_mixtral_tokenizer, read_jsonl
+from .assets import AssetSpec, fetch_asset, base_tokenizer_path, corpus_paths, cut_texts
+from .checkpoint import load_mixtral_tokenizer
 
 # %% auto #0
 __all__ = ['TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file', 'heldout_slices', 'Codec', 'hf_codec', 'tekken_codec',

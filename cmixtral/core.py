@@ -11,11 +11,11 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash',
-           'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
+__all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress',
+           'file_hash', 'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
            'write_jsonl', 'Config', 'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section',
-           'cache_dir', 'project_root', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun',
-           'seed_everything']
+           'cache_dir', 'project_root', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done',
+           'read_manifest', 'StageRun', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -126,7 +126,7 @@ def iter_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=Non
             if not isinstance(obj, dict):
                 _reject(path, i, "not a json object", f"not a JSON object with a '{key}' field", strict, counts)
             elif not isinstance(obj.get(key), str):
-                _reject(path, i, "no text field", f"not a JSON object with a '{key}' string field", strict, counts)
+                _reject(path, i, "no text field", f"not a JSON object with a '{key}' field", strict, counts)
             elif not strict and not obj[key].strip():
                 _reject(path, i, "empty text", "empty text", strict, counts)
             elif not _is_unicode(obj[key]):
@@ -157,7 +157,7 @@ def write_jsonl(path, rows, key:str|None="text") -> Path:
 # %% ../nbs/00_core.ipynb #bcbac2dd
 #: Top-level keys of every config: a run name, the global seed, an optional cache directory, and one section per stage.
 CONFIG_KEYS = ("name", "seed", "cache_dir", "description")
-STAGE_SECTIONS = ("assets", "vocab", "embed_init", "data", "pretrain", "sft", "eval", "codec", "cluster")
+STAGE_SECTIONS = ("assets", "vocab", "embed_init", "data", "pretrain", "sft", "eval", "codec", "cluster", "memory")
 
 # %% ../nbs/00_core.ipynb #cf7aae1c
 class Config(dict):
@@ -275,6 +275,42 @@ def project_root() -> Path:
         if (p/"settings.ini").exists() and (p/"nbs").is_dir():
             return p
     fail("cannot find the cmixtral checkout (settings.ini and nbs/): run from it or install it with pip install -e .")
+
+# %% ../nbs/00_core.ipynb #22fe0ba2
+#: Layers of the house, bottom up: a module may import only modules of lower layers.
+LAYERS = {"core": 0, "checkpoint": 1, "assets": 2, "generate": 2, "memory": 3, "vocab": 3, "embed_init": 4,
+          "data": 4, "codec": 4, "pretrain": 5, "sft": 6, "evaluate": 6, "cluster": 7, "docs": 7, "cli": 8}
+
+def module_imports(pkg_dir=None) -> dict[str, set[str]]:
+    "{module: the cmixtral modules it imports (at the top or inside functions)} from the package's source."
+    import ast, cmixtral
+    pkg_dir = Path(pkg_dir or Path(cmixtral.__file__).parent)
+    out = {}
+    for f in sorted(pkg_dir.glob("*.py")):
+        if f.stem.startswith("_"):
+            continue
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level == 1 and mod:
+                    found.add(mod.split(".")[0])
+                elif mod.startswith("cmixtral."):
+                    found.add(mod.split(".")[1])
+                elif mod == "cmixtral":
+                    found |= {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cmixtral.")}
+        out[f.stem] = found - {f.stem}
+    return out
+
+def layer_violations(graph:dict|None=None) -> list[str]:
+    "Imports that break the layering (`a -> b` where b's layer is not below a's), and modules without a layer."
+    graph = module_imports() if graph is None else graph
+    bad = [f"{m}: no layer" for m in graph if m not in LAYERS]
+    for m, deps in graph.items():
+        bad += [f"{m} -> {d}" for d in sorted(deps) if m in LAYERS and LAYERS.get(d, 99) >= LAYERS[m]]
+    return bad
 
 # %% ../nbs/00_core.ipynb #e0179bbb
 def open_run_dir(path, cfg:Config) -> Path:

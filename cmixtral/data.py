@@ -14,11 +14,11 @@ import pyarrow as pa
 from .core import *
 
 # %% auto #0
-__all__ = ['REGISTRY_KEYS', 'SKIP_REASONS', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry',
-           'write_registry', 'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'read_jsonl_texts',
-           'read_parquet_texts', 'check_shards', 'local_files', 'read_hub_texts', 'read_source_texts', 'split_of',
-           'split_documents', 'tokenizer_dir', 'pack_ids', 'line_chunks', 'special_ids', 'encode_chunk', 'encode_files',
-           'prepare_text', 'token_report', 'parse_mixture', 'mixture_plan', 'load_mixture', 'plot_tokens']
+__all__ = ['REGISTRY_KEYS', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry', 'write_registry',
+           'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'read_parquet_texts', 'check_shards',
+           'local_files', 'read_hub_texts', 'read_source_texts', 'split_of', 'split_documents', 'tokenizer_dir',
+           'pack_ids', 'line_chunks', 'special_ids', 'encode_chunk', 'encode_files', 'prepare_text', 'token_report',
+           'parse_mixture', 'mixture_plan', 'load_mixture', 'plot_tokens']
 
 # %% ../nbs/30_data.ipynb #b5f65c2f
 @dataclass
@@ -119,26 +119,17 @@ def dataset_paths(run_dir, name:str, split:str, reg:dict|None=None) -> tuple[Pat
     return root/(fill(e["doc"]) + ".jsonl"), (root/fill(e["encoded"]) if e.get("encoded") else None)
 
 # %% ../nbs/30_data.ipynb #d94ddd5e
-SKIP_REASONS = ("invalid utf-8", "malformed json", "not a json object", "no text field", "empty text")
-
 def _text(obj, counts:dict) -> str|None:
-    "The text of one record, or None after counting why it was skipped."
-    if not isinstance(obj, dict): r = "not a json object"
-    elif not isinstance(obj.get("text"), str): r = "no text field"
-    elif not obj["text"].strip(): r = "empty text"
-    else: return obj["text"]
+    "The text of one record (a parquet row or hub row), or None after counting why it was skipped."
+    if not isinstance(obj, dict):
+        r = "not a json object"
+    elif not isinstance(obj.get("text"), str):
+        r = "no text field"
+    elif not obj["text"].strip():
+        r = "empty text"
+    else:
+        return obj["text"]
     counts[r] = counts.get(r, 0) + 1
-
-def read_jsonl_texts(path, counts:dict):
-    "Yield the texts of a jsonl file line by line (streaming), counting skipped lines by reason in `counts`."
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.strip(): continue
-            try: line = raw.decode("utf-8")
-            except UnicodeDecodeError: counts["invalid utf-8"] = counts.get("invalid utf-8", 0) + 1; continue
-            try: obj = json.loads(line)
-            except ValueError: counts["malformed json"] = counts.get("malformed json", 0) + 1; continue
-            if (t := _text(obj, counts)) is not None: yield t
 
 # %% ../nbs/30_data.ipynb #81979a24
 def read_parquet_texts(path, counts:dict):
@@ -199,7 +190,8 @@ def read_source_texts(src:DataSource, run_dir, counts:dict):
         else: fail(f"dataset {src.name}: unknown source '{src.source}' (use corpus, path or hub)")
         for p in paths:
             if not p.exists(): fail(f"dataset {src.name}: file {p} not found")
-            yield from (read_parquet_texts(p, counts) if p.suffix == ".parquet" else read_jsonl_texts(p, counts))
+            yield from (read_parquet_texts(p, counts) if p.suffix == ".parquet"
+                        else iter_jsonl(p, strict=False, counts=counts))
     for i, t in enumerate(gen()):
         if src.max_docs and i >= src.max_docs: return
         yield t
@@ -309,17 +301,18 @@ def encode_chunk(job:dict) -> dict:
     return {**st, "rest": rest}
 
 # %% ../nbs/30_data.ipynb #5e090bfb
-def _finish_dataset(tmp:Path, parts:list[tuple[Path, int]], block_size:int):
-    "Turn the Arrow stream files `parts` ((path, rows)) in `tmp` into a `load_from_disk` folder (shards, dataset_info.json, state.json)."
-    from datasets import DatasetInfo, Features, List, Value
+def _finish_dataset(tmp:Path, parts:list[tuple[Path, int]]):
+    "Turn the Arrow stream files `parts` ((path, rows)) in `tmp` into a `load_from_disk` folder, with `datasets`."
+    from datasets import Dataset, concatenate_datasets
     keep = [p for p, n in parts if n] or [parts[-1][0]]
+    ds = concatenate_datasets([Dataset.from_file(str(p)) for p in keep])
+    ds.save_to_disk(str(tmp/"dataset"), num_shards=len(keep))   # memory-mapped in, shard by shard out
+    del ds
     for p, _ in parts:
-        if p not in keep: p.unlink()
-    names = [f"data-{i:05d}-of-{len(keep):05d}.arrow" for i in range(len(keep))]
-    for p, n in zip(keep, names): os.replace(p, tmp/n)
-    DatasetInfo(features=Features({"input_ids": List(Value("int32"), length=block_size)})).write_to_directory(str(tmp))
-    write_json(tmp/"state.json", {"_data_files": [{"filename": n} for n in names], "_fingerprint": text_hash(str(tmp))[:16],
-               "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None})
+        p.unlink()
+    for f in (tmp/"dataset").iterdir():
+        os.replace(f, tmp/f.name)
+    (tmp/"dataset").rmdir()
 
 # %% ../nbs/30_data.ipynb #ca9a8717
 def encode_files(jobs:list[tuple], tok_dir, block_size:int=256, bos:str="document", num_proc:int=2,
@@ -353,7 +346,7 @@ def encode_files(jobs:list[tuple], tok_dir, block_size:int=256, bos:str="documen
             parts = [(Path(w["out"]), r["blocks"]) for w, r in mine] + [(tmp/"part-tail.arrow", len(blocks))]
             with pa.OSFile(str(parts[-1][0]), "wb") as sink, pa.ipc.new_stream(sink, schema) as wr:
                 wr.write_batch(pa.record_batch([pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), pa.int32()), block_size)], schema=schema))
-            _finish_dataset(tmp, parts, block_size)
+            _finish_dataset(tmp, parts)
             rows.append({**row, "blocks": row["blocks"] + len(blocks), "dropped_tokens": len(rest)})
     return rows
 

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['README_IMAGES', 'md_to_html', 'code_to_html', 'output_to_html', 'cell_options', 'cell_to_html', 'notebook_title',
-           'page_html', 'render_site', 'project_root', 'build_site', 'adopt_outputs', 'adopt_images', 'adopt_run',
-           'readme_text', 'write_readme']
+           'page_html', 'render_site', 'build_site', 'adopt_outputs', 'adopt_images', 'adopt_run', 'readme_text',
+           'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, html, json, re, shutil, tempfile
@@ -140,11 +140,6 @@ def render_site(nbs:list[Path], out:Path, images:Path|None=None) -> Path:
     return Path(out)
 
 # %% ../nbs/95_docs.ipynb #eed65682
-def project_root() -> Path:
-    "The folder holding `settings.ini` (the checkout)."
-    from cmixtral.cluster import nbs_dir
-    return nbs_dir().parent
-
 def build_site(out="_site", root=None) -> Path:
     "Process the notebooks with nbdev and render the static docs site into `out`."
     from nbdev.serve import proc_nbs
@@ -185,8 +180,7 @@ def adopt_images(run_dir, images:Path) -> list[str]:
 
 def adopt_run(run_dir, nbs:Path|None=None) -> dict:
     "Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, and the README's figures into `nbs/images`."
-    from cmixtral.cluster import nbs_dir
-    nbs = Path(nbs or nbs_dir())
+    nbs = Path(nbs or project_root()/"nbs")
     done = {p.name: adopt_outputs(p, nbs/p.name) for p in sorted((Path(run_dir)/"notebooks").glob("*.ipynb")) if (nbs/p.name).exists()}
     if not done: fail(f"no executed notebooks in {run_dir}/notebooks")
     return done | {f"images/{n}": 1 for n in adopt_images(run_dir, nbs/"images")}

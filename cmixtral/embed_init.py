@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .core import *
-from .assets import base_model_path, base_tokenizer_path, bits_per_char, load_mixtral_tokenizer, load_texts, pack_documents
+from .assets import base_model_path, base_tokenizer_path, bits_per_char, load_texts, pack_documents
+from .checkpoint import load_mixtral_tokenizer, load_model, save_model
 from .vocab import merged_tokenizer_path
 
 # %% auto #0

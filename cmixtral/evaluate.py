@@ -9,18 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .core import *
-from .assets import base_model_path, base_tokenizer_path, bits_per_char, corpus_paths, load_texts, read_jsonl
-from .embed_init import init_model_path
-from .pretrain import pretrained_paths
-from .sft import generate, sft_model_path
+from .assets import base_model_path, base_tokenizer_path, bits_per_char, corpus_paths, load_texts
+from .checkpoint import QuantSettings, load_mixtral_tokenizer, load_pair
+from .generate import SamplesConfig, generate
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'EvalConfig', 'split_sentences',
-           'next_pairs', 'half_pairs', 'cloze_items', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows', 'hellaswag_rows',
-           'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config', 'write_task_yamls',
-           'find_models', 'check_vocab', 'load_model', 'lm_eval_model', 'run_lm_eval', 'save_results',
-           'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares', 'routing_frame',
-           'plot_routing', 'routing_contrast']
+__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES', 'EvalConfig',
+           'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows',
+           'hellaswag_rows', 'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config',
+           'write_task_yamls', 'find_models', 'eval_quant', 'load_model', 'lm_eval_model', 'run_lm_eval',
+           'save_results', 'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares',
+           'routing_frame', 'plot_routing', 'routing_contrast']
 
 # %% ../nbs/60_eval.ipynb #7de2a537
 DEFAULT_PROMPTS = ["我喜欢北京，因为", "今天的天气", "中国的经济发展", "人民日报记者报道，",
@@ -29,9 +28,10 @@ DEFAULT_PROMPTS = ["我喜欢北京，因为", "今天的天气", "中国的经�
 @dataclass
 class EvalConfig:
     "The `eval` section of a config."
-    models: list[str] = field(default_factory=lambda: ["base", "init", "pretrained", "sft"])  # which models to evaluate (absent ones are skipped)
-    tasks: list[str] = field(default_factory=lambda: ["ceval-valid", "cmmlu", "mmlu", "hellaswag"])  # benchmark names, as lm-eval calls them
-    task_data: str = "generate"   # 'generate': stand-ins from held-out text; 'hub': lm-eval's own task configs (downloads); or a directory in the real layouts
+    models: list[str] = field(default_factory=lambda: ["base", "init", "pretrained", "sft"])  # absent ones: skipped
+    tasks: list[str] = field(default_factory=lambda: ["ceval-valid", "cmmlu", "mmlu", "hellaswag"])  # lm-eval names
+    task_data: str = "generate"   # 'generate': stand-ins from held-out text; 'hub': lm-eval's own task configs
+                                  # (downloads); or a directory holding files in the real layouts
     num_fewshot: int = 5          # the seed's 5-shot
     dev_items: int = 5            # generated few-shot items per subject (dev / train split)
     eval_items: int = 24          # generated items per task (split across its subjects)
@@ -39,17 +39,13 @@ class EvalConfig:
     limit: int = 0                # evaluate at most this many items per subtask (0: all)
     batch_size: int = 8
     max_length: int = 2048        # lm-eval truncates prompts to this many tokens
-    dtype: str = "float32"        # 'float32' on CPU, 'bfloat16' on GPUs
-    load_in_4bit: bool = False    # NF4 through lm-eval's hf model args (needs bitsandbytes and a GPU)
-    device: str = "cpu"
-    threads: int = 1              # torch threads for this stage (0: torch's default); small models lose more to shared cores than they gain
+    dtype: str = "float32"        # full-precision models: 'float32' on CPU, 'bfloat16' on GPUs
+    load_in_4bit: bool = False    # load every model in 4 bits exactly as training did (the pretrain section's quant)
+    threads: int = 1              # torch threads for this stage (0: torch's default)
     bpc_chars: int = 20_000       # held-out characters per language for bits per character
     block_size: int = 256
     routing_chars: int = 10_000   # held-out characters per language for the routing statistics
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    temperature: float = 0.8
-    top_p: float = 0.9
-    max_new_tokens: int = 100
+    samples: SamplesConfig = field(default_factory=lambda: SamplesConfig(prompts=list(DEFAULT_PROMPTS)))
 
 # %% ../nbs/60_eval.ipynb #d049eab7
 def split_sentences(text:str, lang:str) -> list[str]:
@@ -310,86 +306,66 @@ def write_task_yamls(data_dir, out_dir, tasks:list[str], num_fewshot:int=5, pref
     return names
 
 # %% ../nbs/60_eval.ipynb #a6046e8d
+MODEL_STAGES = {"base": "assets", "init": "embed_init", "pretrained": "pretrain", "sft": "sft"}
+
 def find_models(run_dir, names:list[str]) -> list[dict]:
     "The models of `names` ('base', 'init', 'pretrained', 'sft') with their paths, and why any is missing."
     run_dir, out = Path(run_dir), []
     for n in names:
-        if n not in ("base", "init", "pretrained", "sft"): fail(f"unknown eval model '{n}' (use base, init, pretrained, sft)")
-        stage = {"base": "assets", "init": "embed_init", "pretrained": "pretrain", "sft": "sft"}[n]
-        if not (run_dir/stage/"manifest.json").exists():
-            out.append({"name": n, "status": f"skipped: no {stage} stage in {run_dir}"}); continue
-        if n == "base": m = {"model": base_model_path(run_dir), "tokenizer": str(base_tokenizer_path(run_dir)), "adapter": None}
-        elif n == "init": p = str(init_model_path(run_dir)); m = {"model": p, "tokenizer": p, "adapter": None}
+        if n not in MODEL_STAGES:
+            fail(f"unknown eval model '{n}' (use {', '.join(MODEL_STAGES)})")
+        stage = MODEL_STAGES[n]
+        if not stage_done(run_dir, stage):
+            out.append({"name": n, "status": f"skipped: no {stage} stage in {run_dir}"})
+            continue
+        m = {"model": str(run_dir/stage/"model"), "tokenizer": str(run_dir/stage/"model"), "adapter": None}
+        if n == "base":
+            m = {"model": base_model_path(run_dir), "tokenizer": str(base_tokenizer_path(run_dir)), "adapter": None}
         elif n == "pretrained":
-            b, a = pretrained_paths(run_dir); m = {"model": str(b), "tokenizer": str(b), "adapter": str(a)}
-        else: p = str(sft_model_path(run_dir)); m = {"model": p, "tokenizer": p, "adapter": None}
+            m = {"model": str(run_dir/stage/"base"), "tokenizer": str(run_dir/stage/"base"),
+                 "adapter": str(run_dir/stage/"adapter")}
         out.append({"name": n, "status": "ok", **m})
     return out
 
-# %% ../nbs/60_eval.ipynb #a411353c
-def check_vocab(model, tok, where:str="", slack:int=128) -> int:
-    "The model's number of token rows, after checking that `tok` fits it (at most `slack` unused padding rows)."
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tok) > rows: fail(f"{where}: the tokenizer has {len(tok)} tokens but the model only {rows} rows (vocabulary mismatch)")
-    if rows - len(tok) >= slack: fail(f"{where}: the model has {rows} token rows but the tokenizer only {len(tok)} tokens (vocabulary mismatch: wrong tokenizer?)")
-    return rows
-
 # %% ../nbs/60_eval.ipynb #c9844546
-def load_model(spec:dict, dtype:str="float32", load_in_4bit:bool=False, device:str="cpu"):
+def eval_quant(cfg:Config, S:EvalConfig) -> QuantSettings|None:
+    "None (full precision), or with `load_in_4bit` the pretrain section's quantisation: the model as trained."
+    if not S.load_in_4bit:
+        return None
+    return from_dict(QuantSettings, (cfg.get("pretrain") or {}).get("quant") or {}, cfg.path, "pretrain.quant")
+
+def load_model(spec:dict, dtype:str="float32", quant:QuantSettings|None=None):
     "(model, tokenizer) of a `find_models` entry, checked for a vocabulary mismatch, in eval mode."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    kw = {"dtype": getattr(torch, dtype)}
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=getattr(torch, dtype))
-    tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], **kw)
-    if not load_in_4bit: model.to(device)
-    check_vocab(model, tok, f"model {spec['name']} ({spec['model']}, tokenizer {spec['tokenizer']})")
-    if spec.get("adapter"):
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, spec["adapter"])
-    return model.eval(), tok
+    return load_pair(spec["model"], spec["tokenizer"], quant=quant, adapter=spec.get("adapter"), dtype=dtype)
 
 # %% ../nbs/60_eval.ipynb #5e92ff04
-def lm_eval_model(spec:dict, S:EvalConfig):
-    "What `simple_evaluate` needs for one model: ('hf', model_args), or an HFLM around a model we loaded (padded vocabulary + adapter)."
-    import json as _json
-    args = {"pretrained": spec["model"], "tokenizer": spec["tokenizer"], "dtype": S.dtype, "device": S.device,
-            "batch_size": S.batch_size, "max_length": S.max_length}
-    if S.load_in_4bit: args["load_in_4bit"] = True
-    if spec.get("adapter"):
-        from transformers import AutoTokenizer
-        cfg_path = Path(spec["model"])/"config.json"
-        vocab = _json.loads(cfg_path.read_text())["vocab_size"] if cfg_path.exists() else None
-        if vocab is not None and vocab != len(AutoTokenizer.from_pretrained(spec["tokenizer"])):
-            from lm_eval.models.huggingface import HFLM
-            model, tok = load_model(spec, S.dtype, S.load_in_4bit, S.device)
-            return HFLM(pretrained=model, tokenizer=tok, batch_size=S.batch_size, max_length=S.max_length), None
-        args["peft"] = spec["adapter"]
-    return "hf", args
+def lm_eval_model(model, tok, S:EvalConfig):
+    "lm-eval's Hugging Face model class around a model we loaded."
+    from lm_eval.models.huggingface import HFLM
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=S.batch_size, max_length=S.max_length)
 
-def run_lm_eval(spec:dict, task_names:list[str], S:EvalConfig, include_path=None, seed:int=0) -> tuple[dict, dict]:
-    "(lm-eval's results dict without the per-sample logs, {subtask: first item's prompt, choices, answer}) for one model on `task_names`."
+def run_lm_eval(model, tok, task_names:list[str], S:EvalConfig, include_path=None, seed:int=0) -> tuple:
+    "(lm-eval's results without per-sample logs, {subtask: first item's prompt, choices, answer}) of one model."
     import logging
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
-    for name in ("lm_eval", "lm-eval"): logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     tm = TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
-    model, args = lm_eval_model(spec, S)
-    res = simple_evaluate(model=model, model_args=args, tasks=task_names, num_fewshot=S.num_fewshot, task_manager=tm,
+    res = simple_evaluate(model=lm_eval_model(model, tok, S), tasks=task_names, num_fewshot=S.num_fewshot, task_manager=tm,
                           limit=S.limit or None, log_samples=True, random_seed=seed, numpy_random_seed=seed,
                           torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000)
     samples = res.pop("samples", None) or {}
-    examples = {t: {"prompt": x[0]["arguments"][0][0], "choices": [a[1] for a in x[0]["arguments"]], "answer": int(x[0]["target"])}
-                for t, x in samples.items() if x}
+    examples = {t: {"prompt": x[0]["arguments"][0][0], "choices": [a[1] for a in x[0]["arguments"]],
+                    "answer": int(x[0]["target"])} for t, x in samples.items() if x}
     return res, examples
 
 def save_results(res:dict, path) -> Path:
     "Write lm-eval's results dict as JSON (lm-eval's own serialiser for the non-JSON values), atomically."
     from lm_eval.utils import handle_non_serializable
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(res, default=handle_non_serializable, ensure_ascii=False, indent=1), encoding="utf-8")
+        text = json.dumps(res, default=handle_non_serializable, ensure_ascii=False, indent=1)
+        Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
 
 def lm_eval_version() -> str:

@@ -10,29 +10,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import *
-from .assets import base_model_path, base_tokenizer_path, bits_per_char, cut_texts, load_mixtral_tokenizer, load_texts, pack_documents, read_jsonl
-from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_mixture, read_registry, registry_path
+from .assets import base_model_path, base_tokenizer_path, bits_per_char, cut_texts, load_texts
+from .assets import pack_documents
+from .checkpoint import LORA_TARGETS, QuantSettings, check_vocab, compute_dtype, load_mixtral_tokenizer
+from .checkpoint import load_model
+from .checkpoint import save_model
+from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_mixture, read_registry
+from .data import registry_path
 from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, embed_init
-from .cluster import LORA_TARGETS   # every Linear but the router gate and lm_head (kept torch-free for `cmixtral memory`)
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['QuantSettings', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'bnb_config', 'cpu_safe_4bit', 'load_qlora_model',
-           'qlora_report', 'check_qlora', 'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint',
-           'last_checkpoint', 'check_resume', 'stop_after_callback', 'training_args', 'train_model', 'mixture_texts',
-           'block_dataset', 'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir',
-           'train_arm', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'main']
+__all__ = ['LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
+           'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
+           'stop_after_callback', 'training_args', 'train_model', 'mixture_texts', 'block_dataset',
+           'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm',
+           'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command',
+           'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
-@dataclass
-class QuantSettings:
-    "How the frozen body is loaded: 4-bit NF4 with double quantisation (QLoRA), or not quantised."
-    load_in_4bit: bool = True           # False: plain (fp32/bf16) LoRA, for comparison
-    quant_type: str = "nf4"             # bitsandbytes 4-bit type: nf4 (QLoRA) or fp4
-    double_quant: bool = True           # quantise the quantisation constants too (~0.37 bit/param saved)
-    compute_dtype: str = "float32"      # matmul dtype: float32 on CPU, bfloat16 on GPU
-    skip_modules: list = field(default_factory=lambda: ["gate", "lm_head"])   # kept out of 4-bit (full precision)
-
 @dataclass
 class LoraSettings:
     "Where LoRA goes and how big it is; which modules train in full."
@@ -81,43 +77,27 @@ class PretrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
-# %% ../nbs/40_pretrain.ipynb #d6a70405
-def bnb_config(Q:QuantSettings):
-    "The `BitsAndBytesConfig` for `Q` (None when the body is not quantised)."
-    if not Q.load_in_4bit: return None
-    from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=Q.quant_type, bnb_4bit_use_double_quant=Q.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, Q.compute_dtype), llm_int8_skip_modules=list(Q.skip_modules))
-
-def cpu_safe_4bit(model):
-    "Keep bitsandbytes' 4-bit layers of `model` off the packed CPU inference kernel (see above); returns `model`."
-    try: import bitsandbytes as bnb
-    except ImportError: return model
-    for m in model.modules():
-        if isinstance(m, bnb.nn.Linear4bit): m.support_avx512bf16_for_cpu = False
-    return model
-
+# %% ../nbs/40_pretrain.ipynb #ec546373
 def _settings(P):
-    "(quant, lora, gradient checkpointing) from a PretrainConfig-like object (or a bare LoraSettings: no quantisation)."
-    if isinstance(P, LoraSettings): return QuantSettings(load_in_4bit=False), P, True
+    "(quant, lora, gradient checkpointing) of a PretrainConfig-like object (or a bare LoraSettings: not quantised)."
+    if isinstance(P, LoraSettings):
+        return QuantSettings(load_in_4bit=False), P, True
     return P.quant, P.lora, P.train.gradient_checkpointing
 
-# %% ../nbs/40_pretrain.ipynb #ec546373
-def load_qlora_model(model_dir, P, gradient_checkpointing:bool|None=None, device_map=None):
-    "A peft model: the body of `model_dir` in 4-bit NF4 (per `P.quant`), LoRA per `P.lora`, embeddings and lm_head trainable."
-    from transformers import AutoModelForCausalLM
+def load_qlora_model(model_dir, P, gradient_checkpointing:bool|None=None):
+    "A peft model for training: `model_dir`'s body per `P.quant`, LoRA per `P.lora`, embeddings and lm_head trained."
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     Q, L, gc = _settings(P)
     gc = gc if gradient_checkpointing is None else gradient_checkpointing
-    if not (Path(model_dir)/"config.json").exists(): fail(f"no model at {model_dir} (no config.json)")
-    q = bnb_config(Q); dtype = getattr(torch, Q.compute_dtype)
-    dm = device_map or ({"": "cpu"} if not torch.cuda.is_available() else {"": int(os.environ.get("LOCAL_RANK", 0))}) if q else device_map
-    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=q, dtype=dtype, device_map=dm)
+    dtype = "auto" if Q.load_in_4bit else str(compute_dtype(Q)).removeprefix("torch.")
+    model = load_model(model_dir, Q, dtype=dtype, purpose="train")
     model.config.use_cache = False
-    cpu_safe_4bit(model)                # keep one 4-bit code path for training and evaluation (see the note above)
     kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    if q: model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc, **kw)
-    elif gc: model.gradient_checkpointing_enable(**kw); model.enable_input_require_grads()
+    if Q.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc, **kw)
+    elif gc:
+        model.gradient_checkpointing_enable(**kw)
+        model.enable_input_require_grads()
     lc = LoraConfig(r=L.r, lora_alpha=L.alpha, lora_dropout=L.dropout, target_modules=list(L.targets),
                     modules_to_save=list(L.modules_to_save), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lc)
@@ -162,18 +142,20 @@ def trainable_groups(model):
 
 # %% ../nbs/40_pretrain.ipynb #513802e4
 def check_inputs(model_config, tok, train_ds, block_size:int, pad:int=128):
-    "Fail with one line if tokenizer and model vocabulary disagree, the data is empty or out of vocabulary, or blocks exceed the context."
-    rows, n = model_config.vocab_size, len(tok)
-    if n > rows: fail(f"the tokenizer has {n} tokens but the model only {rows} embedding rows: wrong tokenizer or model")
-    if rows - n >= max(pad, 1): fail(f"the model has {rows} embedding rows but the tokenizer only {n} tokens: wrong tokenizer or model")
-    if block_size > model_config.max_position_embeddings:
-        fail(f"block size {block_size} is larger than the model's context ({model_config.max_position_embeddings} positions)")
-    if train_ds is None or len(train_ds) == 0: fail("the training dataset is empty")
+    "Fail with one line if vocabularies disagree, the data is empty or out of vocabulary, or blocks are too long."
+    rows, ctx = model_config.vocab_size, model_config.max_position_embeddings
+    check_vocab(rows, len(tok), "pretrain", pad)
+    if block_size > ctx:
+        fail(f"block size {block_size} is larger than the model's context ({ctx} positions)")
+    if train_ds is None or len(train_ds) == 0:
+        fail("the training dataset is empty")
     sample = train_ds[:min(len(train_ds), 64)]["input_ids"]
     top = max(max(r) for r in sample)
-    if top >= rows: fail(f"the training data holds token id {top}, beyond the model's {rows} rows: it was tokenised with another tokenizer")
-    if len(sample[0]) > model_config.max_position_embeddings:
-        fail(f"the training blocks have {len(sample[0])} tokens, more than the model's context ({model_config.max_position_embeddings})")
+    if top >= rows:
+        fail(f"the training data holds token id {top}, beyond the model's {rows} rows: "
+             "it was tokenised with another tokenizer")
+    if len(sample[0]) > ctx:
+        fail(f"the training blocks have {len(sample[0])} tokens, more than the model's context ({ctx})")
 
 # %% ../nbs/40_pretrain.ipynb #1ce67ef8
 def collate_blocks(rows:list[dict], pad_id:int=2) -> dict:
@@ -293,7 +275,6 @@ def light_hash(path, max_bytes:int=1<<28) -> str:
 
 def prepare_arm_model(run_dir, arm:str, out_dir, pad_to_multiple_of:int=64, seed:int=0, E:EmbedInitConfig|None=None) -> Path:
     "Write the arm's starting model (with its tokenizer) to `out_dir` unless it is there from the same base; return `out_dir`."
-    from transformers import AutoModelForCausalLM
     out_dir, E = Path(out_dir), E or EmbedInitConfig()      # E: the embed_init section (chunk, calibration text, block size)
     if arm != "base-vocab" and arm not in METHODS: fail(f"unknown arm '{arm}' (use base-vocab or one of {', '.join(METHODS)})")
     src = {"arm": arm, "pad": pad_to_multiple_of, "seed": seed, "base": light_hash(base_model_path(run_dir)),
@@ -301,14 +282,12 @@ def prepare_arm_model(run_dir, arm:str, out_dir, pad_to_multiple_of:int=64, seed
     if arm in CALIBRATED: src["calibration"] = {"chars": E.calib_chars, "block_size": E.block_size}
     if (out_dir/"config.json").exists() and (out_dir/"source.json").exists() and read_json(out_dir/"source.json") == src: return out_dir
     seed_everything(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_model_path(run_dir), dtype=torch.float32)
+    model = load_model(base_model_path(run_dir), dtype="float32")
     old_tok, tok = load_mixtral_tokenizer(base_tokenizer_path(run_dir)), load_mixtral_tokenizer(arm_tokenizer_path(run_dir, arm))
     if arm != "base-vocab":
         calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
         embed_init(model, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp); write_json(tmp/"source.json", src)
-    return out_dir
+    return save_model(model, out_dir, tok, extra={"source.json": src})
 
 # %% ../nbs/40_pretrain.ipynb #92fc0f19
 def arm_data(run_dir, cfg:Config, S:PretrainConfig, tok) -> dict:
@@ -348,8 +327,7 @@ def train_arm(run_dir, cfg:Config, S:PretrainConfig, arm:str, stop_after:int=0, 
     model = load_qlora_model(init, S)
     log = train_model(model, tok, d["train"], d["eval"], adir/"trainer", T, S.resume, stop_after, tag=light_hash(init))
     if state.is_main_process:
-        with atomic_path(adir/"adapter", is_dir=True) as tmp:
-            model.save_pretrained(tmp); tok.save_pretrained(tmp)
+        save_model(model, adir/"adapter", tok)
         pd.DataFrame(log).to_csv(adir/"log.csv", index=False)
     state.wait_for_everyone()
     return {"arm": arm, "model": model, "tokenizer": tok, "init": init, "adapter": adir/"adapter", "log": log,
@@ -403,26 +381,39 @@ def pretrained_paths(run_dir) -> tuple[Path, Path]:
     return pretrain_dir(run_dir)/"base", pretrain_dir(run_dir)/"adapter"
 
 # %% ../nbs/40_pretrain.ipynb #b55f9faa
+def make_parser(subparsers=None) -> argparse.ArgumentParser:
+    "The parser of the training entry point: standalone (`python -m cmixtral.pretrain`) or as `cmixtral train`."
+    kw = dict(description="QLoRA continual pretraining of one arm (what torchrun runs on every rank)",
+              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if subparsers is None:
+        ap = argparse.ArgumentParser(prog="python -m cmixtral.pretrain", **kw)
+    else:
+        ap = subparsers.add_parser("train", help="the pretrain stage's training entry point (what torchrun runs)", **kw)
+    add_config_options(ap)
+    ap.add_argument("--arm", default=None, help="arm to train (default: the config's pretrain.main_arm)")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: the schedule's)")
+    return ap
+
+def train_command(config, out, overrides=(), arm=None, max_steps:int=0) -> dict:
+    "Train one arm of `config` into the run directory `out`; returns what `train_arm` returns."
+    cfg = load_config(config, overrides)
+    S = section(cfg, "pretrain", PretrainConfig)
+    open_run_dir(out, cfg)
+    return train_arm(out, cfg, S, arm or S.main_arm, max_steps=max_steps)
+
 def main(argv=None) -> int:
     "torchrun entry point: train one arm of the pretrain stage (default: the main arm) data-parallel."
-    ap = argparse.ArgumentParser(prog="python -m cmixtral.pretrain", description="QLoRA continual pretraining (one arm)")
-    ap.add_argument("--config", required=True, help="config file, e.g. configs/tiny.yaml")
-    ap.add_argument("--out", required=True, help="run directory with the earlier stages, e.g. runs/tiny")
-    ap.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    ap.add_argument("--arm", default=None, help="arm to train (default: pretrain.main_arm)")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: the schedule's)")
-    a = ap.parse_args(argv)
+    a = make_parser().parse_args(argv)
     try:
-        cfg = load_config(a.config, a.p)
-        S = section(cfg, "pretrain", PretrainConfig)
-        open_run_dir(a.out, cfg)
-        r = train_arm(a.out, cfg, S, a.arm or S.main_arm, max_steps=a.max_steps)
-        if int(os.environ.get("RANK", 0)) == 0:
-            losses = [x["loss"] for x in r["log"] if "loss" in x]
-            print(json.dumps({"arm": r["arm"], "adapter": str(r["adapter"]), "world_size": int(os.environ.get("WORLD_SIZE", 1)),
-                              "losses": losses}))
+        r = train_command(a.config, a.out, a.p, a.arm, a.max_steps)
     except CmixtralError as e:
-        print(f"cmixtral: error: {e}", file=sys.stderr); return 2
+        print(f"cmixtral: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", 0)) == 0:
+        losses = [x["loss"] for x in r["log"] if "loss" in x]
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        print(json.dumps({"arm": r["arm"], "adapter": str(r["adapter"]), "world_size": world, "losses": losses}))
     return 0
 
-if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.pretrain": sys.exit(main())   # python -m / torchrun -m
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.pretrain":
+    sys.exit(main())   # python -m / torchrun -m

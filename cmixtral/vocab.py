@@ -8,7 +8,7 @@ import collections, concurrent.futures as cf, json, math, multiprocessing, os, s
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import *
-from .assets import read_jsonl
+from .assets import corpus_paths
 
 # %% auto #0
 __all__ = ['VocabConfig', 'is_zh_char', 'is_zh_piece', 'write_training_text', 'char_counts', 'level_coverage', 'spm_options',
@@ -235,7 +235,7 @@ def merge_spm(base_model, zh_model, out, max_added:int=0) -> dict:
 # %% ../nbs/10_vocab.ipynb #e4b13a00
 def save_hf_tokenizer(model_path, out) -> Path:
     "Save the SentencePiece model at `model_path` as an HF tokenizer directory `out` (slow and fast files)."
-    from cmixtral.assets import load_mixtral_tokenizer
+    from cmixtral.checkpoint import load_mixtral_tokenizer
     tok = load_mixtral_tokenizer(model_path)
     with atomic_path(out, is_dir=True) as tmp:
         tok.save_pretrained(tmp)

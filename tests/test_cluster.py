@@ -46,10 +46,10 @@ def test_memory_full_scale(capsys):
     total = float(next(l for l in out.splitlines() if "total per GPU" in l).split()[3])
     assert 25 < total < 80                                   # 24 GB of NF4 weights alone; fits one 80 GB GPU
     # a what-if: the 32k context the seed's users asked about, without gradient checkpointing, does not fit
-    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "cluster.memory.block_size=32768",
-                 "-p", "cluster.memory.gradient_checkpointing=false"]) == 0
+    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "memory.block_size=32768",
+                 "-p", "memory.gradient_checkpointing=false"]) == 0
     assert "does NOT fit in 80 GB" in capsys.readouterr().out
 
 def test_memory_bad_optimizer(capsys):
-    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "cluster.memory.optimizer=sgd"]) == 2
-    assert "cluster.memory.optimizer must be adamw or paged_adamw_8bit" in capsys.readouterr().err
+    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "memory.optimizer=sgd"]) == 2
+    assert "memory.optimizer must be adamw or paged_adamw_8bit" in capsys.readouterr().err

@@ -3,7 +3,8 @@ import shutil
 from pathlib import Path
 import pytest
 from cmixtral.core import *
-from cmixtral.assets import AssetSpec, fetch_asset, load_mixtral_tokenizer, package_file
+from cmixtral.assets import AssetSpec, fetch_asset, package_file
+from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.codec import *
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,8 @@ import pyarrow as pa, pyarrow.parquet as pq
 import pytest
 from datasets import load_from_disk
 from cmixtral.core import *
-from cmixtral.assets import load_mixtral_tokenizer, package_file
+from cmixtral.assets import package_file
+from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.data import *
 
 ZH = ["北京是中国的首都。", "今天天气很好，我们去公园散步。", "人民日报报道了新年的消息。"]

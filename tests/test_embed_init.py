@@ -5,7 +5,8 @@ import pytest, torch
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from cmixtral.core import CmixtralError, Config, StageRun
-from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file
+from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
+from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.embed_init import (METHODS, bias_direction, check_extends, embed_init, final_hidden, init_model_path,
                                  new_token_mass, peak_extra_bytes, rest_of_spelling_logprob, spell_new_tokens)
 

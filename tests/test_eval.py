@@ -7,10 +7,12 @@ from pydoc_data.topics import topics
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from cmixtral.core import CmixtralError, Config, StageRun
-from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file, read_documents, write_jsonl
+from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file, read_documents
+from cmixtral.checkpoint import load_mixtral_tokenizer
+from cmixtral.core import write_jsonl
 from cmixtral.embed_init import embed_init
-from cmixtral.sft import generate
-from cmixtral.evaluate import (EvalConfig, check_task_file, check_vocab, expert_shares, find_models,
+from cmixtral.generate import SamplingConfig, generate
+from cmixtral.evaluate import (EvalConfig, check_task_file, expert_shares, find_models,
                                generate_task_data, load_model, results_table, run_lm_eval, task_files, write_task_yamls)
 
 SPEC = BaseModelSpec(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
@@ -84,7 +86,7 @@ def test_lm_eval_on_models_and_on_real_files(run_dir, tmp_path):
     names = write_task_yamls(tmp_path, tmp_path/"tasks", ["ceval-valid", "cmmlu", "hellaswag"], S.num_fewshot)
     models = find_models(run_dir, ["base", "pretrained", "sft"])
     assert models[2]["status"].startswith("skipped: no sft stage")
-    runs = {m["name"]: run_lm_eval(m, list(names.values()), S, tmp_path/"tasks") for m in models[:2]}
+    runs = {m["name"]: run_lm_eval(*load_model(m), list(names.values()), S, tmp_path/"tasks") for m in models[:2]}
     results = {k: r for k, (r, _) in runs.items()}
     ex = runs["base"][1]["cmx_ceval-valid_law"]     # the prompt lm-eval built: description, 2 shots with answers, the question
     assert ex["prompt"].startswith("以下是中国关于法学的单项选择题") and ex["prompt"].count("答案：") == 3 and ex["choices"] == [" A", " B", " C", " D"]
@@ -101,8 +103,9 @@ def test_pretrained_differs_from_init_and_routing_shares(run_dir):
     for model in (pre, init):
         sh = expert_shares(model, tok, ["中国人民的经济发展。我们在北京工作。", "The jury said it found no evidence."], block_size=16)
         assert sh.shape == (2, 8) and torch.allclose(sh.sum(1), torch.ones(2))
-    out = generate(None, ["我喜欢北京，因为", "The history of"], max_new_tokens=5, model=(pre, tok))   # the SFT stage's sampler
-    assert out == generate(None, ["我喜欢北京，因为", "The history of"], max_new_tokens=5, model=(pre, tok)) and len(out) == 2
+    S = SamplingConfig(max_new_tokens=5)
+    out = generate(pre, tok, ["我喜欢北京，因为", "The history of"], S)   # the sampler every stage uses
+    assert out == generate(pre, tok, ["我喜欢北京，因为", "The history of"], S) and len(out) == 2
 
 def test_bad_input_names_file_and_row(run_dir, tmp_path):
     _real_ceval(tmp_path)
@@ -120,5 +123,5 @@ def test_bad_input_names_file_and_row(run_dir, tmp_path):
     with pytest.raises(CmixtralError, match=r"hellaswag_val.jsonl: row 1: 3 options, expected 4"): check_task_file(tmp_path/"hellaswag"/"hellaswag_val.jsonl", "hellaswag")
     # Mixtral's tokenizer with a model of another vocabulary
     small = build_tiny_mixtral(SPEC, vocab_size=1000); small.save_pretrained(tmp_path/"small")
-    with pytest.raises(CmixtralError, match=r"the tokenizer has 32000 tokens but the model only 1000 rows"):
+    with pytest.raises(CmixtralError, match=r"the tokenizer has 32000 tokens but the model only 1000 embedding rows"):
         load_model({**find_models(run_dir, ["base"])[0], "model": str(tmp_path/"small")})

@@ -6,7 +6,9 @@ import argparse, json as _json, pydoc
 import pytest, torch
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from cmixtral.core import CmixtralError, load_config, open_run_dir, section, write_json
-from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, load_mixtral_tokenizer, package_file, read_documents, write_jsonl
+from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file, read_documents
+from cmixtral.checkpoint import load_mixtral_tokenizer
+from cmixtral.core import write_jsonl
 from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
 from cmixtral.pretrain import (PretrainConfig, TrainSettings, arm_data, check_inputs, check_qlora, load_qlora_model, main,
                                mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups)

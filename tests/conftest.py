@@ -15,3 +15,10 @@ def cache(tmp_path_factory) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     os.environ["CMIXTRAL_CACHE"] = str(p)
     return p
+
+@pytest.fixture(scope="session")
+def slurm():
+    "A one-node SLURM of this session's own (tests/slurm_cluster.py), started when a test first asks."
+    from slurm_cluster import SlurmCluster
+    with SlurmCluster() as cluster:
+        yield cluster

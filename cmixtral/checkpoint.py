@@ -13,11 +13,12 @@ from .core import *
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'PURPOSES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_FIXED', 'NATIVE_LAYER', 'QuantSettings',
            'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules', 'device_map', 'load_mixtral_tokenizer',
-           'check_vocab', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'ShardWriter', 'shard_files',
-           'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits', 'merged_tensor', 'copy_model_files',
-           'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter', 'dequantize_to_dir',
-           'merge_peak_bytes', 'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list',
-           'native_params', 'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
+           'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'ShardWriter',
+           'shard_files', 'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits', 'merged_tensor',
+           'copy_model_files', 'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter',
+           'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5',
+           'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native', 'hf_config_of_native',
+           'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -134,9 +135,10 @@ def check_vocab(rows: int, n_tokens: int, where: str = "", slack: int = 128) -> 
     return rows
 
 # %% ../nbs/45_checkpoint.ipynb #78d69d19
-def _is_local(path) -> bool:
-    "Whether `path` names a local folder (else it is a hub id)."
-    return Path(path).exists()
+def check_model_dir(path):
+    "Fail unless `path` is a hub id or a local Hugging Face model directory."
+    if Path(path).exists() and not (Path(path) / "config.json").exists():
+        fail(f"{path}: not a Hugging Face model directory (no config.json)")
 
 
 def load_model(
@@ -150,8 +152,7 @@ def load_model(
     "A Mixtral from `path` (folder or hub id): 4-bit per `quant` or full precision, with a peft `adapter`, placed."
     from transformers import AutoModelForCausalLM
 
-    if _is_local(path) and not (Path(path) / "config.json").exists():
-        fail(f"{path}: not a Hugging Face model directory (no config.json)")
+    check_model_dir(path)
     q = bnb_config(quant)
     if q is not None and dtype == "auto":
         dtype = str(compute_dtype(quant)).removeprefix("torch.")
@@ -178,6 +179,7 @@ def load_pair(
     slack: int = 128,
 ):
     "(model, tokenizer) as `load_model` loads them, the tokenizer (default: beside the adapter or model) checked."
+    check_model_dir(path)
     tok_dir = tokenizer or (
         adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else path
     )

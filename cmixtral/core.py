@@ -14,8 +14,8 @@ import yaml
 __all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress',
            'file_hash', 'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
            'write_jsonl', 'Config', 'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section',
-           'cache_dir', 'project_root', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done',
-           'read_manifest', 'StageRun', 'seed_everything']
+           'cache_dir', 'project_root', 'project_file', 'module_imports', 'layer_violations', 'open_run_dir',
+           'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -371,6 +371,15 @@ def project_root() -> Path:
     fail(
         "cannot find the cmixtral checkout (settings.ini and nbs/): run from it or install it with pip install -e ."
     )
+
+
+def project_file(path, what: str = "file") -> Path:
+    "A file named in a config: absolute as it is, relative to the checkout otherwise (any working directory works)."
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else project_root() / p
+    if not p.exists():
+        fail(f"{what} {path} not found (looked for {p})")
+    return p
 
 # %% ../nbs/00_core.ipynb #22fe0ba2
 #: Layers of the house, bottom up: a module may import only modules of lower layers.

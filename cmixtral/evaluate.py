@@ -361,15 +361,7 @@ def read_task_file(path) -> list[dict]:
     elif p.suffix == ".parquet":
         df = pd.read_parquet(p)
     else:
-        rows = []
-        for i, l in enumerate(p.read_text(encoding="utf-8").splitlines()):
-            if not l.strip():
-                continue
-            try:
-                rows.append(json.loads(l))
-            except json.JSONDecodeError:
-                fail(f"{p}: row {i + 1} is not a JSON object")
-        return rows
+        return read_jsonl(p, key=None)
     return df.to_dict("records")
 
 

@@ -299,7 +299,9 @@ def stop_after_callback(n: int):
     return StopAfter()
 
 
-def training_args(out_dir, T: TrainSettings, has_eval: bool = True, world_size: int = 1):
+def training_args(
+    out_dir, T: TrainSettings, has_eval: bool = True, world_size: int = 1, eval_on_start: bool = False
+):
     "The `TrainingArguments` for `T`, writing checkpoints and TensorBoard logs under `out_dir`."
     from transformers import TrainingArguments
 
@@ -316,6 +318,7 @@ def training_args(out_dir, T: TrainSettings, has_eval: bool = True, world_size: 
         weight_decay=T.weight_decay,
         optim=T.optim,
         eval_strategy="steps" if has_eval else "no",
+        eval_on_start=has_eval and eval_on_start,
         eval_steps=T.eval_steps,
         save_strategy="steps",
         save_steps=T.save_steps,
@@ -332,7 +335,7 @@ def training_args(out_dir, T: TrainSettings, has_eval: bool = True, world_size: 
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=world_size > 1 or None,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        deepspeed=T.deepspeed or None,
+        deepspeed=str(project_file(T.deepspeed, "DeepSpeed config")) if T.deepspeed else None,
         save_safetensors=True,
     )
 
@@ -358,7 +361,7 @@ def train_model(
         fail("the training dataset is empty")
     fp = run_fingerprint(model.config, len(tokenizer), train_ds, T, ws, tag)
     cp = check_resume(out_dir, fp, resume)
-    args = training_args(out_dir, T, bool(eval_ds), ws)
+    args = training_args(out_dir, T, bool(eval_ds), ws, eval_on_start=cp is None)
     if args.process_index == 0:
         write_json(out_dir / "run_info.json", {"fingerprint": fp, "world_size": ws, "train": asdict(T)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -370,13 +373,8 @@ def train_model(
         data_collator=lambda rows: collate_blocks(rows, pad),
         callbacks=[stop_after_callback(stop_after)] if stop_after else None,
     )
-    start = out_dir / "eval_step0.json"  # the curves' starting point (train() starts a fresh log history)
     if cp is not None:
         get_logger().info(f"resuming from {cp}")
-    elif eval_ds:
-        m0 = {**trainer.evaluate(), "step": 0}
-        if args.process_index == 0:
-            write_json(start, m0)
     trainer.train(resume_from_checkpoint=str(cp) if cp is not None else None)
     evals = [
         r["step"]
@@ -385,7 +383,7 @@ def train_model(
     ]
     if eval_ds and (not evals or evals[-1] != trainer.state.global_step):
         trainer.evaluate()  # and its end point
-    return ([read_json(start)] if eval_ds and start.exists() else []) + trainer.state.log_history
+    return trainer.state.log_history
 
 # %% ../nbs/40_pretrain.ipynb #8afa134a
 def mixture_texts(

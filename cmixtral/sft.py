@@ -20,12 +20,12 @@ from cmixtral.checkpoint import (
 from .checkpoint import load_model, load_pair, merge_adapter, native_to_hf, save_model, verify_md5
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
-from .pretrain import LoraSettings, TrainSettings, load_qlora_model, train_model
+from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
 
 # %% auto #0
 __all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat', 'encode_example',
            'chatterbot_records', 'SftSource', 'read_sft_records', 'sft_entry', 'pack_examples', 'encode_sft',
-           'SftConfig', 'sft_model_path', 'sft_base_source', 'plot_sft_loss']
+           'SftConfig', 'sft_model_path', 'sft_base_source']
 
 # %% ../nbs/50_sft.ipynb #9265b70e
 SHAREGPT_ROLES = {
@@ -341,7 +341,7 @@ def sft_model_path(run_dir) -> Path:
 def sft_base_source(run_dir, base: str = "auto") -> tuple[str, Path | None, Path | None]:
     """(which, model_dir, adapter_dir) SFT starts from: ('pretrain', base, adapter) when pretraining ran, else
     ('embed_init', model, None)."""
-    have = (Path(run_dir) / "pretrain" / "manifest.json").exists()
+    have = stage_done(run_dir, "pretrain")
     if base == "pretrain" and not have:
         fail(f"sft.base is 'pretrain' but stage 'pretrain' has not finished in {run_dir}")
     if have and base in ("auto", "pretrain"):
@@ -352,22 +352,3 @@ def sft_base_source(run_dir, base: str = "auto") -> tuple[str, Path | None, Path
     from cmixtral.embed_init import init_model_path
 
     return "embed_init", init_model_path(run_dir), None
-
-# %% ../nbs/50_sft.ipynb #cedc58e0
-def plot_sft_loss(loss):
-    "Training and dev loss (response tokens only) against the optimizer step; returns the Figure."
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    tr = loss.dropna(subset=["loss"]) if "loss" in loss else loss.iloc[:0]
-    ev = loss.dropna(subset=["eval_loss"]) if "eval_loss" in loss else loss.iloc[:0]
-    if len(tr):
-        ax.plot(tr.step, tr.loss, label="train")
-    if len(ev):
-        ax.plot(ev.step, ev.eval_loss, "o-", label="dev")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss on response tokens (nats)")
-    ax.legend()
-    ax.set_title("SFT")
-    fig.tight_layout()
-    return fig

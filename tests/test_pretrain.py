@@ -145,3 +145,15 @@ def test_torchrun_two_processes_match_one(run, tmp_path):
     assert len(one["losses"]) == len(two["losses"]) == 3
     print("1 process:", one["losses"], "2 processes:", two["losses"])
     for a, b in zip(one["losses"], two["losses"]): assert abs(a - b) < 0.02 * abs(a), (one["losses"], two["losses"])
+
+def test_dev_curve_starts_before_the_first_step_and_survives_a_resume(run, tmp_path):
+    "The step-0 dev evaluation happens inside train() (where a DeepSpeed engine exists) and stays in the resumed log."
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    tok, d = _data(run, init)
+    S = _S(max_steps=4)
+    eval_steps = lambda log: [r["step"] for r in log if any(k.startswith("eval_") and k.endswith("_loss") for k in r)]
+    first = train_model(load_qlora_model(init, S), tok, d["train"], d["eval"], tmp_path/"e", S.train, stop_after=2)
+    assert eval_steps(first)[0] == 0
+    second = train_model(load_qlora_model(init, S), tok, d["train"], d["eval"], tmp_path/"e", S.train)
+    steps = eval_steps(second)
+    assert steps[0] == 0 and steps[-1] == 4 and 2 in steps

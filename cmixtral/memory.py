@@ -73,7 +73,7 @@ def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
     import pandas as pd
 
     if M.optimizer not in ("adamw", "paged_adamw_8bit"):
-        fail(f"cluster.memory.optimizer must be adamw or paged_adamw_8bit, got '{M.optimizer}'")
+        fail(f"memory.optimizer must be adamw or paged_adamw_8bit, got '{M.optimizer}'")
     if M.zero_stage not in (0, 1, 2):
         fail(
             f"memory.zero_stage must be 0, 1 or 2 (ZeRO-3 shards the 4-bit weights, "
@@ -138,7 +138,7 @@ def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Pa
         if v is not None:
             return v
         if default is None:
-            fail(f"cluster.memory: {what} is not set and the pretrain section does not give it")
+            fail(f"memory: {what} is not set and the pretrain section does not give it")
         return default
 
     zero = M.zero_stage
@@ -152,7 +152,7 @@ def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Pa
             zero = int(read_json(f).get("zero_optimization", {}).get("stage", 0))
     optim = str(pick(M.optimizer, train.get("optim"), "optimizer"))
     if "adamw" not in optim:
-        fail(f"cluster.memory.optimizer must be adamw or paged_adamw_8bit, got '{optim}'")
+        fail(f"memory.optimizer must be adamw or paged_adamw_8bit, got '{optim}'")
     return dataclasses.replace(
         M,
         lora_r=pick(M.lora_r, lora.get("r"), "lora_r"),

@@ -459,8 +459,15 @@ def processed_notebooks(root: Path) -> list[Path]:
     from nbdev.serve import proc_nbs
     from fastcore.xtras import working_directory
 
-    with working_directory(root):
-        proc = Path(proc_nbs(n_workers=0, force=True))
+    try:
+        with working_directory(root):
+            proc = Path(proc_nbs(n_workers=0, force=True))
+    except Exception as e:
+        where = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(
+            f"nbdev could not process the notebooks for the docs: {where} {e.__cause__ or ''}; nbdev runs "
+            "every cell that imports, so put a call that needs a run's data in a cell of its own"
+        )
     return sorted(proc.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
 
 

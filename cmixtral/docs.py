@@ -8,11 +8,11 @@ __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUAT
            'display_math', 'figure_to_file', 'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk',
            'cjk_chars', 'book_cjk_chars', 'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice',
            'make_font', 'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
-           'heading_tokens', 'notebook_pages_plugin', 'processed_notebooks', 'write_pages', 'write_assets',
-           'build_site', 'adopt_outputs', 'adopt_images', 'adopt_run', 'readme_text', 'write_readme']
+           'heading_tokens', 'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages',
+           'write_assets', 'build_site', 'adopt_outputs', 'adopt_images', 'adopt_run', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
-import base64, html, json, re, shutil, subprocess, tempfile
+import base64, html, json, re, shutil, subprocess, sys, tempfile
 from configparser import ConfigParser
 from importlib import resources
 from pathlib import Path
@@ -453,22 +453,35 @@ def notebook_pages_plugin():
 
     return NotebookPages()
 
-# %% ../nbs/95_docs.ipynb #0ff77592
+# %% ../nbs/95_docs.ipynb #afcc12b0
+_PROC_NBS = "; ".join(
+    [
+        "from nbdev.serve import proc_nbs",
+        "proc_nbs(n_workers=0, force=True)",
+        "import os, sys",
+        "sys.stdout.flush()",
+        "os._exit(0)",  # skip the exit of the IPython shells nbdev leaves behind, one gc.collect each
+    ]
+)
+
+
+def proc_failure(stderr: str) -> str:
+    "One line from the stderr of a failed `proc_nbs`: the notebook and cell, the error, and the rule."
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    where = next((l for l in lines if "Error in notebook" in l), "")
+    why = [l for l in lines if re.match(r"\w+(Error|Exception): ", l) and "Error in notebook" not in l]
+    return (
+        f"nbdev could not process the notebooks for the docs: {where} {(why or lines or [''])[-1]}; "
+        "nbdev runs every cell that imports, so put a call that needs a run's data in a cell of its own"
+    )
+
+
 def processed_notebooks(root: Path) -> list[Path]:
     "nbdev's processed notebooks (`_proc/`, what Quarto would render): index first, then file order."
-    from nbdev.serve import proc_nbs
-    from fastcore.xtras import working_directory
-
-    try:
-        with working_directory(root):
-            proc = Path(proc_nbs(n_workers=0, force=True))
-    except Exception as e:
-        where = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        fail(
-            f"nbdev could not process the notebooks for the docs: {where} {e.__cause__ or ''}; nbdev runs "
-            "every cell that imports, so put a call that needs a run's data in a cell of its own"
-        )
-    return sorted(proc.glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
+    r = subprocess.run([sys.executable, "-c", _PROC_NBS], cwd=root, capture_output=True, text=True)
+    if r.returncode:
+        fail(proc_failure(r.stderr))
+    return sorted((Path(root) / "_proc").glob("*.ipynb"), key=lambda p: (p.stem != "index", p.name))
 
 
 def write_pages(nbs: list, docs: Path) -> list:

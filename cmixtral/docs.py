@@ -404,14 +404,21 @@ _CDN_SCRIPT = re.compile(
     r'|<script\b[^>]*>(?:(?!</script>).)*?https://(?:(?!</script>).)*?</script>',
     re.S,
 )
+_SEARCH_LESS = {  # what search results should not quote: heading anchors, "Copied!", formulas as flat text
+    '<a class="anchor-link"': '<a class="headerlink" data-search-exclude',
+    '<div class="zeroclipboard-container">': '<div class="zeroclipboard-container" data-search-exclude>',
+    "<math ": "<math data-search-exclude ",
+}
 _HEADING = re.compile(r'<h([1-6])\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
 
 
 def strip_page(page: str) -> tuple[str, list]:
-    "(notebook page without `<style>` blocks and CDN scripts, with Material's heading anchors; the styles)."
+    "(notebook page without `<style>` blocks and CDN scripts, marked for search (`_SEARCH_LESS`); the styles)."
     styles = [css.strip() for css in _STYLE.findall(page)]
     page = _CDN_SCRIPT.sub("", _STYLE.sub("", page))
-    return page.replace('<a class="anchor-link"', '<a class="headerlink" data-search-exclude'), styles
+    for tag, search_less in _SEARCH_LESS.items():
+        page = page.replace(tag, search_less)
+    return page, styles
 
 
 def heading_tokens(page: str, depth: int = 3) -> list:

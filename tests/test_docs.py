@@ -112,6 +112,8 @@ def test_search_finds_alp_in_the_vocabulary_chapter(site, tab):
     hits = tab.hrefs(".md-search-result__item > a")
     assert hits and hits[0].split("?")[0].endswith("10_vocab.html"), hits[:5]
     assert not tab.errors and not tab.remote
+    index = (site/"search"/"search_index.json").read_text(encoding="utf-8")
+    assert "ALP" in index and "Copied!" not in index and "<math" not in index
 
 DRAW = """async ([family, text]) => {
   const draw = async (font) => {

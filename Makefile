@@ -3,7 +3,7 @@ PY ?= python3
 CONFIG ?= configs/tiny.yaml
 OUT ?= runs/tiny
 
-.PHONY: install npm deps run test docs bench clean
+.PHONY: install npm deps run test docs font bench clean
 
 install:            ## the Python packages: torch's CPU wheel first, then the project with its pinned requirements
 	$(PY) -m pip install -q torch==2.13.0
@@ -25,6 +25,10 @@ test: install deps
 
 docs:
 	cmixtral docs --out _site
+
+font:               ## re-cut the CJK font in cmixtral/fonts from Debian's fonts-noto-cjk (installs no font)
+	@test -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc || apt-get update -q
+	$(PY) -c "from cmixtral.docs import make_font; print(*make_font().values(), sep='\n')"
 
 bench: install npm
 	$(PY) bench/pipeline.py --config $(CONFIG)

@@ -29,10 +29,10 @@ from .vocab import merged_tokenizer_path
 # %% auto #0
 __all__ = ['LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
            'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
-           'stop_after_callback', 'training_args', 'train_model', 'mixture_texts', 'block_dataset',
-           'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm',
-           'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command',
-           'main']
+           'stop_after_callback', 'training_args', 'train_model', 'trainer_class', 'dense_expert_dispatch',
+           'mixture_texts', 'block_dataset', 'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data',
+           'pretrain_dir', 'train_arm', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
+           'make_parser', 'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -353,8 +353,6 @@ def train_model(
 ) -> list[dict]:
     """Train `model` with HF Trainer on `train_ds` (eval on `eval_ds`: a Dataset or {name: Dataset}); resume from
     `out_dir`'s last checkpoint; return the log history."""
-    from transformers import Trainer
-
     out_dir = Path(out_dir)
     ws = int(os.environ.get("WORLD_SIZE", 1))
     if train_ds is None or len(train_ds) == 0:
@@ -365,7 +363,8 @@ def train_model(
     if args.process_index == 0:
         write_json(out_dir / "run_info.json", {"fingerprint": fp, "world_size": ws, "train": asdict(T)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = Trainer(
+    dense_expert_dispatch(model)  # the same graph on every rank (see below)
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -384,6 +383,61 @@ def train_model(
     if eval_ds and (not evals or evals[-1] != trainer.state.global_step):
         trainer.evaluate()  # and its end point
     return trainer.state.log_history
+
+# %% ../nbs/40_pretrain.ipynb #2e351e5b
+def trainer_class():
+    "HF's Trainer, with an optimizer that holds no empty parameter group (DeepSpeed drops those too late)."
+    from transformers import Trainer
+
+    class CmixtralTrainer(Trainer):
+        def create_optimizer(self):
+            opt = super().create_optimizer()
+            opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+            return opt
+
+    return CmixtralTrainer
+
+
+def _dense_moe_forward(self, hidden_states):
+    "transformers 4.57's MixtralSparseMoeBlock.forward, except that every expert runs (on no rows if none came)."
+    import torch.nn.functional as F
+
+    batch_size, sequence_length, hidden_dim = hidden_states.shape
+    if self.training and self.jitter_noise > 0:
+        noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+        hidden_states *= noise
+    hidden_states = hidden_states.view(-1, hidden_dim)
+    router_logits = self.gate(hidden_states)
+    routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+    routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+    routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+    routing_weights = routing_weights.to(hidden_states.dtype)
+    shape = (batch_size * sequence_length, hidden_dim)
+    final = torch.zeros(shape, dtype=hidden_states.dtype, device=hidden_states.device)
+    expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+    for e, expert in enumerate(self.experts):  # all experts, in order: the same graph on every rank
+        idx, top_x = torch.where(expert_mask[e])
+        y = expert(hidden_states[top_x]) * routing_weights[top_x, idx, None]
+        final.index_add_(0, top_x, y.to(hidden_states.dtype))
+    return final.reshape(batch_size, sequence_length, hidden_dim), router_logits
+
+
+def dense_expert_dispatch(model) -> int:
+    "Make every Mixtral MoE block of `model` run all its experts each step; returns the number of blocks."
+    import types
+    import transformers
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        fail(
+            f"dense_expert_dispatch follows transformers 4.x's Mixtral block; found {transformers.__version__}"
+        )
+    n = 0
+    for m in model.modules():
+        if isinstance(m, MixtralSparseMoeBlock):
+            m.forward = types.MethodType(_dense_moe_forward, m)
+            n += 1
+    return n
 
 # %% ../nbs/40_pretrain.ipynb #8afa134a
 def mixture_texts(

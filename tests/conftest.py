@@ -22,3 +22,10 @@ def slurm():
     from slurm_cluster import SlurmCluster
     with SlurmCluster() as cluster:
         yield cluster
+
+@pytest.fixture(scope="session")
+def tok():
+    "Mixtral-8x7B's own tokenizer, from the mistral-common package."
+    from cmixtral.assets import package_file
+    from cmixtral.checkpoint import load_mixtral_tokenizer
+    return load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))

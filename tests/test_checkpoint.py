@@ -11,10 +11,6 @@ from cmixtral.pretrain import PretrainConfig, load_qlora_model
 SPEC = BaseModelSpec(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory, tok):
     d = tmp_path_factory.mktemp("small")/"base"
     build_tiny_mixtral(SPEC).save_pretrained(d)

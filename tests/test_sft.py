@@ -1,23 +1,8 @@
 "SFT stage: label masks on the real Mixtral tokenizer, chatterbot data, records from files."
-import json
-from pathlib import Path
-import pytest, torch
+import pytest
 from cmixtral.core import *
-from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
-from cmixtral.checkpoint import load_mixtral_tokenizer
+from cmixtral.assets import package_file
 from cmixtral.sft import *
-
-SPEC = BaseModelSpec(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, tok):
-    d = tmp_path_factory.mktemp("small")/"base"
-    m = build_tiny_mixtral(SPEC); m.save_pretrained(d); tok.save_pretrained(d)
-    return d
 
 def test_label_mask_token_by_token(tok):
     rec = {"conversations": [{"from": "system", "value": "简短回答"}, {"from": "human", "value": "中国的首都是哪里?"},

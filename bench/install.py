@@ -70,7 +70,8 @@ tmp = Path(tempfile.mkdtemp(prefix="cmixtral-install-"))
 venv = tmp/"venv"
 py = venv/"bin"/"python"
 print(f"pip cache: {cache_state(env)}")
-print(f"cores: {os.cpu_count()}; venv: {venv}")
+print(f"cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f} (other work skews the times); "
+      f"venv: {venv}")
 rows = []
 t0 = time.time()
 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -113,6 +114,7 @@ for name, seconds in rows:
     shown = name if len(name) <= 100 else name[:97] + "..."
     print(f"{shown:<100} {seconds:>8.1f}")
 print(f"{'total':<100} {total:>8.1f}   ({total / 60:.1f} min; goal: under 3 min on 2 cores, cold cache)")
+print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 for name, ok, detail in checks:
     print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
 if a.keep:

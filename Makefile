@@ -29,7 +29,7 @@ install:            ## the Python packages, at the versions of the lock
 # A fresh venv, `make install` without a lock, then every installed version but pip's and the project's.
 # Local version labels are dropped (torch 2.13.0+cpu is pinned as torch==2.13.0, which it satisfies).
 LOCK_VENV ?= /tmp/cmixtral-lock-venv
-lock:               ## rewrite the lock from settings.ini's requirements (a fresh resolve: about 5 minutes)
+lock:               ## rewrite the lock from settings.ini's requirements (a fresh resolve: about 3 minutes)
 	rm -rf $(LOCK_VENV)
 	$(PY) -m venv $(LOCK_VENV)
 	$(MAKE) --no-print-directory install PY=$(LOCK_VENV)/bin/python LOCK=

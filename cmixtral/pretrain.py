@@ -27,12 +27,13 @@ from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts,
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
+__all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
            'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
-           'stop_after_callback', 'training_args', 'train_model', 'trainer_class', 'dense_expert_dispatch',
-           'mixture_texts', 'block_dataset', 'arm_tokenizer_path', 'light_hash', 'prepare_arm_model', 'arm_data',
-           'pretrain_dir', 'train_arm', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
-           'make_parser', 'train_command', 'main']
+           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
+           'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
+           'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'finished_training', 'train_adapter',
+           'train_arm', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser',
+           'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -260,12 +261,14 @@ def run_fingerprint(
 
 
 def last_checkpoint(out_dir) -> Path | None:
-    "The `checkpoint-N` folder with the largest N in `out_dir`, or None."
-    cps = sorted(
-        Path(out_dir).glob("checkpoint-*"),
-        key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1,
-    )
-    return cps[-1] if cps else None
+    """The complete `checkpoint-N` folder with the largest N in `out_dir`, or None. Complete: renamed from its
+    temporary name after every rank wrote its part (`trainer_class`), with the Trainer's state inside."""
+    cps = [
+        p
+        for p in Path(out_dir).glob("checkpoint-*")
+        if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
+    ]
+    return max(cps, key=lambda p: int(p.name.split("-")[1])) if cps else None
 
 
 def check_resume(out_dir, fingerprint: str, resume: bool = True) -> Path | None:
@@ -286,19 +289,52 @@ def check_resume(out_dir, fingerprint: str, resume: bool = True) -> Path | None:
     return cp
 
 # %% ../nbs/40_pretrain.ipynb #a9b63cc3
-def stop_after_callback(n: int):
-    "A TrainerCallback that saves a checkpoint and stops at step `n`, as if the job were killed right after it."
+class TrainingStopped(CmixtralError):
+    "Training stopped at a saved checkpoint because the job was asked to stop; rerunning resumes from it."
+
+    def __init__(self, msg: str, log: list | None = None):
+        super().__init__(msg)
+        self.log = log or []  # the Trainer's log history up to the stop
+
+
+STOP_FILE_ENV = "CMIXTRAL_STOP_FILE"
+
+
+def stop_requested() -> bool:
+    "Whether the file named by `$CMIXTRAL_STOP_FILE` exists (the batch script writes it when SLURM warns it)."
+    p = os.environ.get(STOP_FILE_ENV)
+    return bool(p) and Path(p).exists()
+
+
+def agree_any(flag: bool, device="cpu") -> bool:
+    "True on every rank if `flag` is true on any rank: one all-reduce (without torch.distributed, `flag` itself)."
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def stop_callback(stop_after: int = 0):
+    """A TrainerCallback that saves a checkpoint and stops training when a stop is requested on any rank (or at
+    step `stop_after`, as if the job were killed right after it); `.stopped_at` is the step it stopped at."""
     from transformers import TrainerCallback
 
-    class StopAfter(TrainerCallback):
+    class StopOnRequest(TrainerCallback):
+        stopped_at = None
+
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step >= n:
+            asked = agree_any(stop_requested(), args.device)
+            if asked or (stop_after and state.global_step >= stop_after):
                 control.should_save = control.should_training_stop = True
+                self.stopped_at = state.global_step
             return control
 
-    return StopAfter()
+    return StopOnRequest()
 
-
+# %% ../nbs/40_pretrain.ipynb #a76f632a
 def training_args(
     out_dir, T: TrainSettings, has_eval: bool = True, world_size: int = 1, eval_on_start: bool = False
 ):
@@ -352,7 +388,8 @@ def train_model(
     tag: str = "",
 ) -> list[dict]:
     """Train `model` with HF Trainer on `train_ds` (eval on `eval_ds`: a Dataset or {name: Dataset}); resume from
-    `out_dir`'s last checkpoint; return the log history."""
+    `out_dir`'s last checkpoint; return the log history. Raises `TrainingStopped` (with the log so far) when a stop
+    was requested before the end."""
     out_dir = Path(out_dir)
     ws = int(os.environ.get("WORLD_SIZE", 1))
     if train_ds is None or len(train_ds) == 0:
@@ -370,11 +407,18 @@ def train_model(
         train_dataset=train_ds,
         eval_dataset=eval_ds or None,
         data_collator=lambda rows: collate_blocks(rows, pad),
-        callbacks=[stop_after_callback(stop_after)] if stop_after else None,
+        callbacks=[stopper := stop_callback(stop_after)],
     )
     if cp is not None:
         get_logger().info(f"resuming from {cp}")
     trainer.train(resume_from_checkpoint=str(cp) if cp is not None else None)
+    st = trainer.state
+    if stopper.stopped_at is not None and st.global_step < st.max_steps:
+        raise TrainingStopped(
+            f"training stopped on request at step {st.global_step} of {st.max_steps}, checkpoint saved in "
+            f"{out_dir}: run again to resume",
+            st.log_history,
+        )
     evals = [
         r["step"]
         for r in trainer.state.log_history
@@ -386,7 +430,8 @@ def train_model(
 
 # %% ../nbs/40_pretrain.ipynb #2e351e5b
 def trainer_class():
-    "HF's Trainer, with an optimizer that holds no empty parameter group (DeepSpeed drops those too late)."
+    """HF's Trainer, with an optimizer that holds no empty parameter group (DeepSpeed drops those too late), and
+    checkpoints written under a temporary name, renamed once every rank has written its part."""
     from transformers import Trainer
 
     class CmixtralTrainer(Trainer):
@@ -394,6 +439,23 @@ def trainer_class():
             opt = super().create_optimizer()
             opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
             return opt
+
+        def _save_checkpoint(self, model, trial):
+            out, name = Path(self.args.output_dir), f"checkpoint-{self.state.global_step}"
+            staging = out / f"tmp-{name}"
+            self.args.output_dir = str(staging)  # HF writes staging/checkpoint-N
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.output_dir = str(out)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                if (out / name).exists():
+                    shutil.rmtree(out / name)
+                (staging / name).rename(out / name)
+                shutil.rmtree(staging)
+                self._rotate_checkpoints(use_mtime=False, output_dir=str(out))
+            self.accelerator.wait_for_everyone()
 
     return CmixtralTrainer
 
@@ -563,12 +625,47 @@ def pretrain_dir(run_dir) -> Path:
     return Path(run_dir) / "pretrain"
 
 
+def finished_training(adapter_dir) -> dict | None:
+    "The record a finished training left in its adapter folder (fingerprint, world size, steps, log), or None."
+    p = Path(adapter_dir) / "training.json"
+    return read_json(p) if p.exists() else None
+
+
+def train_adapter(
+    init, S, tok, train_ds, eval_ds, trainer_dir, adapter_dir, T, resume=True, stop_after=0, tag=""
+) -> tuple:
+    """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
+    `training.json` record; if `adapter_dir` holds this same training finished (by any number of processes, e.g.
+    a torchrun job), load it instead. Returns (model, log history)."""
+    from accelerate import PartialState
+    from transformers import AutoConfig
+
+    state, adapter_dir = PartialState(), Path(adapter_dir)
+    done, mcfg = finished_training(adapter_dir), AutoConfig.from_pretrained(init)
+    if done and done["fingerprint"] == run_fingerprint(mcfg, len(tok), train_ds, T, done["world_size"], tag):
+        get_logger().info(
+            f"{adapter_dir}: trained earlier by {done['world_size']} process(es) to step {done['global_step']}"
+        )
+        return load_model(init, S.quant if S.quant.load_in_4bit else None, adapter=adapter_dir), done["log"]
+    seed_everything(T.seed)
+    model = load_qlora_model(init, S)
+    log = train_model(model, tok, train_ds, eval_ds, trainer_dir, T, resume, stop_after, tag)
+    if state.is_main_process:
+        info = read_json(Path(trainer_dir) / "run_info.json")
+        save_model(model, adapter_dir, tok)
+        steps = max([r.get("step", 0) for r in log] or [0])
+        write_json(adapter_dir / "training.json", {**info, "global_step": steps, "log": log})
+    state.wait_for_everyone()
+    return model, log
+
+
 def train_arm(
     run_dir, cfg: Config, S: PretrainConfig, arm: str, stop_after: int = 0, max_steps: int = 0
 ) -> dict:
-    """Train one arm: starting model, data, input checks, QLoRA training (resumable), adapter + log CSV; returns paths
-    and numbers."""
+    """Train one arm: starting model, data, input checks, QLoRA training (resumable, or reused when a torchrun job
+    finished it), adapter + log CSV; returns paths and numbers."""
     from accelerate import PartialState
+    from transformers import AutoConfig
     import pandas as pd
 
     state = PartialState()
@@ -584,21 +681,16 @@ def train_arm(
             section(cfg, "embed_init", EmbedInitConfig),
         )
     tok = load_mixtral_tokenizer(init / "tokenizer.model")
-    from transformers import AutoConfig
-
     d = arm_data(run_dir, cfg, S, tok)
     check_inputs(
         AutoConfig.from_pretrained(init), tok, d["train"], S.block_size, max(128, S.pad_to_multiple_of)
     )
-    seed_everything(T.seed)
-    model = load_qlora_model(init, S)
-    log = train_model(
-        model, tok, d["train"], d["eval"], adir / "trainer", T, S.resume, stop_after, tag=light_hash(init)
+    tag = light_hash(init)
+    model, log = train_adapter(
+        init, S, tok, d["train"], d["eval"], adir / "trainer", adir / "adapter", T, S.resume, stop_after, tag
     )
     if state.is_main_process:
-        save_model(model, adir / "adapter", tok)
         pd.DataFrame(log).to_csv(adir / "log.csv", index=False)
-    state.wait_for_everyone()
     return {
         "arm": arm,
         "model": model,
@@ -606,6 +698,7 @@ def train_arm(
         "init": init,
         "adapter": adir / "adapter",
         "log": log,
+        "world_size": finished_training(adir / "adapter")["world_size"],
         **{k: v for k, v in d.items() if k not in ("train", "eval")},
         "train_blocks": len(d["train"]),
     }
@@ -722,6 +815,9 @@ def main(argv=None) -> int:
     a = make_parser().parse_args(argv)
     try:
         r = train_command(a.config, a.out, a.p, a.arm, a.max_steps)
+    except TrainingStopped as e:  # asked to stop: the checkpoint is saved, the job requeues and resumes
+        print(f"cmixtral: {e}", file=sys.stderr)
+        return 0
     except CmixtralError as e:
         print(f"cmixtral: error: {e}", file=sys.stderr)
         return 2

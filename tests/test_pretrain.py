@@ -11,7 +11,8 @@ from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.core import write_jsonl
 from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
 from cmixtral.pretrain import (PretrainConfig, TrainSettings, arm_data, check_inputs, check_qlora, load_qlora_model, main,
-                               mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups)
+                               mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups,
+                               TrainingStopped, STOP_FILE_ENV, last_checkpoint, trainer_class)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECES = ["中国", "人民", "我们", "经济", "发展", "非常", "不错", "酒店", "房间", "服务"]
@@ -108,13 +109,20 @@ def test_bad_input_fails_before_training(run, tmp_path):
     with pytest.raises(CmixtralError, match="is from another run"):
         train_model(load_qlora_model(init, S2), merged, d["train"], None, tmp_path/"t", S2.train)
 
+def stopped_log(train) -> list:
+    "The log of a training that must stop early (TrainingStopped)."
+    with pytest.raises(TrainingStopped, match="stopped on request at step") as e:
+        train()
+    return e.value.log
+
+
 def test_resume_continues_the_same_curve(run, tmp_path):
     init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
     tok, d = _data(run, init)
     S = _S(max_steps=4)
     losses = lambda log: {r["step"]: r["loss"] for r in log if "loss" in r}
     torch.manual_seed(0); full = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"full", S.train))
-    torch.manual_seed(0); first = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train, stop_after=2))
+    torch.manual_seed(0); first = losses(stopped_log(lambda: train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train, stop_after=2)))
     assert max(first) == 2 and (tmp_path/"cut"/"checkpoint-2").is_dir()             # "killed" right after the checkpoint of step 2
     torch.manual_seed(1); second = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train))
     assert (tmp_path/"cut"/"checkpoint-4").is_dir() and sorted(second) == [1, 2, 3, 4]
@@ -152,8 +160,47 @@ def test_dev_curve_starts_before_the_first_step_and_survives_a_resume(run, tmp_p
     tok, d = _data(run, init)
     S = _S(max_steps=4)
     eval_steps = lambda log: [r["step"] for r in log if any(k.startswith("eval_") and k.endswith("_loss") for k in r)]
-    first = train_model(load_qlora_model(init, S), tok, d["train"], d["eval"], tmp_path/"e", S.train, stop_after=2)
+    first = stopped_log(lambda: train_model(load_qlora_model(init, S), tok, d["train"], d["eval"], tmp_path/"e", S.train, stop_after=2))
     assert eval_steps(first)[0] == 0
     second = train_model(load_qlora_model(init, S), tok, d["train"], d["eval"], tmp_path/"e", S.train)
     steps = eval_steps(second)
     assert steps[0] == 0 and steps[-1] == 4 and 2 in steps
+
+
+def test_a_stop_file_saves_a_checkpoint_at_the_next_step_and_resuming_finishes(run, tmp_path, monkeypatch):
+    "The batch script's stop file (written on SLURM's USR1 warning) stops training after the step in progress."
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    tok, d = _data(run, init)
+    S = _S(max_steps=4)
+    S.train.save_steps = 100                                   # no scheduled save before the end
+    stop = tmp_path/"stop"
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop))
+    stop.write_text("USR1")
+    log = stopped_log(lambda: train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"s", S.train))
+    assert max(r["step"] for r in log) == 1 and last_checkpoint(tmp_path/"s").name == "checkpoint-1"
+    stop.unlink()
+    log = train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"s", S.train)
+    assert max(r["step"] for r in log) == 4 and last_checkpoint(tmp_path/"s").name == "checkpoint-4"
+
+
+def test_a_checkpoint_is_renamed_only_when_complete(run, tmp_path):
+    "A save that dies half-way leaves tmp-checkpoint-N, which resuming never picks."
+    import transformers
+    init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
+    tok, d = _data(run, init)
+    S = _S(max_steps=2)
+    S.train.save_steps = 1
+    from cmixtral.pretrain import training_args, collate_blocks
+    class Dies(trainer_class()):
+        def _save_rng_state(self, output_dir):
+            if self.state.global_step == 2:
+                raise OSError("disk full")
+            return super()._save_rng_state(output_dir)
+    args = training_args(tmp_path/"c", S.train, has_eval=False)
+    tr = Dies(model=load_qlora_model(init, S), args=args, train_dataset=d["train"], data_collator=lambda r: collate_blocks(r, 2))
+    with pytest.raises(OSError, match="disk full"):
+        tr.train()
+    assert sorted(p.name for p in (tmp_path/"c").iterdir() if "checkpoint" in p.name) == ["checkpoint-1", "tmp-checkpoint-2"]
+    assert last_checkpoint(tmp_path/"c").name == "checkpoint-1"
+    (tmp_path/"c"/"checkpoint-3").mkdir()                      # a folder without the Trainer's state: not complete
+    assert last_checkpoint(tmp_path/"c").name == "checkpoint-1"

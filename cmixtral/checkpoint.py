@@ -13,12 +13,12 @@ from .core import *
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'PURPOSES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_FIXED', 'NATIVE_LAYER', 'QuantSettings',
            'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules', 'device_map', 'load_mixtral_tokenizer',
-           'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'ShardWriter',
-           'shard_files', 'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits', 'merged_tensor',
-           'copy_model_files', 'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter',
-           'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5',
-           'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native', 'hf_config_of_native',
-           'native_to_hf']
+           'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'stored_dtype',
+           'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits',
+           'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter', 'lora_model',
+           'perturb_adapter', 'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope',
+           'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native',
+           'hf_config_of_native', 'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -214,6 +214,15 @@ def size_bytes(s) -> int:
         fail(f"bad size '{s}' (use e.g. 5GB, 20MB)")
     unit = m[2].upper().replace("I", "")
     return int(float(m[1]) * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit])
+
+# %% ../nbs/45_checkpoint.ipynb #ed5e25db
+def stored_dtype(path) -> torch.dtype:
+    "The dtype the model at `path` (folder or hub id) was saved in, from its config (float32 if it names none)."
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(str(path))
+    d = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None) or torch.float32
+    return getattr(torch, d) if isinstance(d, str) else d
 
 # %% ../nbs/45_checkpoint.ipynb #91406801
 class ShardWriter:

@@ -16,6 +16,7 @@ from cmixtral.checkpoint import (
     LORA_TARGETS,
     QuantSettings,
     check_vocab,
+    stored_dtype,
     compute_dtype,
     load_mixtral_tokenizer,
 )
@@ -585,6 +586,7 @@ def prepare_arm_model(
     if arm != "base-vocab":
         calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
         embed_init(model, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
+    model.to(stored_dtype(base_model_path(run_dir)))  # computed in float32, stored as the base is
     return save_model(model, out_dir, tok, extra={"source.json": src})
 
 # %% ../nbs/40_pretrain.ipynb #92fc0f19

@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_sft.ipynb #48f1ff14
 from __future__ import annotations
-import glob, shutil
+import argparse, glob, os, shutil, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -21,11 +21,13 @@ from .checkpoint import load_model, load_pair, merge_adapter, native_to_hf, save
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
 from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
+from .pretrain import TrainingStopped, light_hash, train_adapter
 
 # %% auto #0
 __all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat', 'encode_example',
            'chatterbot_records', 'SftSource', 'read_sft_records', 'sft_entry', 'pack_examples', 'encode_sft',
-           'SftConfig', 'sft_model_path', 'sft_base_source']
+           'SftConfig', 'sft_model_path', 'sft_base_source', 'sft_dir', 'prepare_sft_base', 'prepare_sft_data',
+           'sft_datasets', 'train_sft', 'make_parser', 'sft_train_command', 'main']
 
 # %% ../nbs/50_sft.ipynb #9265b70e
 SHAREGPT_ROLES = {
@@ -321,6 +323,7 @@ class SftConfig:
             lr=1e-3, max_steps=30, eval_steps=10, save_steps=30, logging_steps=2
         )
     )
+    resume: bool = True  # a rerun (a requeued job) continues from the last complete checkpoint
     merge_base: str = "original"  # release the merge into the 'dequantized' NF4 base or the 'original' one
     merge_eval_chars: int = 6000  # held-out characters per language on which the two merges are compared
     max_shard_size: str = "20MB"  # merged model's safetensors shard size
@@ -352,3 +355,114 @@ def sft_base_source(run_dir, base: str = "auto") -> tuple[str, Path | None, Path
     from cmixtral.embed_init import init_model_path
 
     return "embed_init", init_model_path(run_dir), None
+
+# %% ../nbs/50_sft.ipynb #53ee4faa
+def sft_dir(run_dir) -> Path:
+    return Path(run_dir) / "sft"
+
+
+def prepare_sft_base(run_dir, S: SftConfig) -> dict:
+    """The model SFT starts from: pretraining's adapter merged into its base (into `sft/base`, once for the same
+    adapter) or embed_init's model. Returns which, the base directory, and the sources it came from."""
+    which, model, adapter = sft_base_source(run_dir, S.base)
+    if adapter is None:
+        return {"which": which, "base": model, "model": model, "adapter": None}
+    out = sft_dir(run_dir) / "base"
+    src = {"model": str(model), "adapter_md5": tree_hash(adapter)}
+    if not ((out / "merged_from.json").exists() and read_json(out / "merged_from.json") == src):
+        merge_adapter(model, adapter, out, S.max_shard_size)
+        write_json(out / "merged_from.json", src)
+    return {"which": which, "base": out, "model": model, "adapter": adapter}
+
+
+def prepare_sft_data(run_dir, S: SftConfig, tok) -> list[dict]:
+    """Read, split (every `dev_every`-th record is dev) and register the SFT datasets, then encode each split into
+    packed blocks with label masks; one row of counts per split."""
+    rows = []
+    entries = {src.name: sft_entry(src) for src in S.datasets}
+    reg = register_datasets(registry_path(run_dir), entries)
+    for src in S.datasets:
+        recs = read_sft_records(src)
+        split = {
+            "train": [r for i, r in enumerate(recs) if (i + 1) % S.dev_every],
+            "dev": [r for i, r in enumerate(recs) if not (i + 1) % S.dev_every],
+        }
+        for sp, rr in split.items():
+            doc, enc = dataset_paths(run_dir, src.name, sp, reg)
+            write_jsonl(doc, rr, key=None)
+            counts = encode_sft(rr, tok, enc, S.template, S.max_len, S.block_size, f"{src.name}/{sp} ")
+            rows.append({"dataset": src.name, "split": sp, **counts})
+    return rows
+
+
+def sft_datasets(run_dir, S: SftConfig, seed: int) -> tuple:
+    "The training and dev mixtures (`S.mixture`) of the encoded SFT datasets; dev cut to `max_dev_blocks`."
+    train_ds = load_mixture(run_dir, S.mixture, "train", seed)
+    eval_ds = load_mixture(run_dir, S.mixture, "dev", seed, verbose=False)
+    if S.max_dev_blocks:
+        eval_ds = eval_ds.select(range(min(len(eval_ds), S.max_dev_blocks)))
+    return train_ds, eval_ds
+
+
+def train_sft(run_dir, S: SftConfig, tok, base, train_ds, eval_ds, max_steps: int = 0) -> tuple:
+    "QLoRA SFT on `base` into `sft/adapter` (resumable; reused when finished); returns (model, log history)."
+    T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
+    d = sft_dir(run_dir)
+    return train_adapter(
+        base, S, tok, train_ds, eval_ds, d / "checkpoints", d / "adapter", T, S.resume, tag=light_hash(base)
+    )
+
+# %% ../nbs/50_sft.ipynb #b0c00acb
+def make_parser() -> argparse.ArgumentParser:
+    "The parser of `python -m cmixtral.sft` (what torchrun runs on every rank)."
+    ap = argparse.ArgumentParser(
+        prog="python -m cmixtral.sft",
+        description="QLoRA supervised fine-tuning (what torchrun runs on every rank)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_options(ap)
+    ap.add_argument(
+        "--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: the schedule's)"
+    )
+    return ap
+
+
+def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
+    "Prepare (first process) and train (every process) the SFT adapter of `config` in the run directory `out`."
+    from accelerate import PartialState
+
+    cfg = load_config(config, overrides)
+    S = section(cfg, "sft", SftConfig)
+    open_run_dir(out, cfg)
+    state = PartialState()
+    with state.main_process_first():
+        b = prepare_sft_base(out, S)
+    tok = load_mixtral_tokenizer(b["base"])
+    if state.is_main_process:
+        prepare_sft_data(out, S, tok)
+    state.wait_for_everyone()
+    seed_everything(cfg.seed)
+    train_ds, eval_ds = sft_datasets(out, S, cfg.seed)
+    model, log = train_sft(out, S, tok, b["base"], train_ds, eval_ds, max_steps)
+    return {"adapter": sft_dir(out) / "adapter", "log": log}
+
+
+def main(argv=None) -> int:
+    "torchrun entry point: SFT data-parallel."
+    a = make_parser().parse_args(argv)
+    try:
+        r = sft_train_command(a.config, a.out, a.p, a.max_steps)
+    except TrainingStopped as e:  # asked to stop: the checkpoint is saved, the job requeues and resumes
+        print(f"cmixtral: {e}", file=sys.stderr)
+        return 0
+    except CmixtralError as e:
+        print(f"cmixtral: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", 0)) == 0:
+        losses = [x["loss"] for x in r["log"] if "loss" in x]
+        print(json.dumps({"adapter": str(r["adapter"]), "losses": losses}))
+    return 0
+
+
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.sft":
+    sys.exit(main())  # python -m / torchrun -m

@@ -51,6 +51,35 @@ def _sbatch(a):
     print(write_sbatch(a.config, a.stage, out=a.script, run_dir=a.out, overrides=a.p))
 
 
+def _submit(a):
+    from cmixtral.cluster import format_table, submit_chain
+
+    print(format_table(submit_chain(a.config, a.out, stages=a.stages, overrides=a.p)))
+
+
+def _status(a):
+    from cmixtral.cluster import chain_status, format_table
+
+    print(format_table(chain_status(a.run_dir)))
+
+
+def _cancel(a):
+    from cmixtral.cluster import cancel_chain
+
+    ids = cancel_chain(a.run_dir)
+    print(f"cancelled {' '.join(ids)}" if ids else "nothing to cancel: every job of the chain has finished")
+
+
+def _preflight(a) -> int:
+    from cmixtral.cluster import format_table, preflight
+
+    rows = preflight(a.config, a.out, overrides=a.p)
+    print(format_table([{**r, "ok": "ok" if r["ok"] else "FAILED"} for r in rows]))
+    bad = sum(not r["ok"] for r in rows)
+    print(f"{bad} check(s) failed" if bad else "every check passed")
+    return 1 if bad else 0
+
+
 def _generate(a):
     from cmixtral.generate import SamplingConfig, generate_command
 
@@ -126,6 +155,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--script", default=None, help="where to write the script (default: RUN/slurm/STAGE.sbatch)"
     )
+    p = _command(
+        sub,
+        "submit",
+        "submit the stages as a chain of SLURM jobs, each after the one before (afterok)",
+        _submit,
+    )
+    add_config_options(p)
+    p.add_argument("--stages", default=None, help="comma-separated stages to submit (default: all)")
+    p = _command(sub, "status", "state, exit code, elapsed time and restarts of a submitted chain", _status)
+    p.add_argument("run_dir", help="run directory the chain was submitted for, e.g. runs/mixtral-8x7b")
+    p = _command(sub, "cancel", "cancel the jobs of a submitted chain that have not finished", _cancel)
+    p.add_argument("run_dir", help="run directory the chain was submitted for, e.g. runs/mixtral-8x7b")
+    p = _command(
+        sub, "preflight", "check paths, packages, DeepSpeed, jobs, memory and disk before booking", _preflight
+    )
+    add_config_options(p, out_required=False)
     S = SamplingConfig()
     p = _command(sub, "generate", "sample from a model with the seed's settings", _generate)
     p.add_argument("--model", required=True, help="HF model directory or hub id, e.g. runs/tiny/sft/model")
@@ -164,14 +209,17 @@ def main(argv=None) -> int:
     "Entry point of the `cmixtral` console script."
     a = make_parser().parse_args(argv)
     try:
-        a.func(a)
+        return a.func(a) or 0
     except CmixtralError as e:
         print(f"cmixtral: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cmixtral: interrupted", file=sys.stderr)
         return 130
-    return 0
+
+# %% ../nbs/90_cli.ipynb #461f4b0d
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.cli":
+    sys.exit(main())
 
 # %% ../nbs/90_cli.ipynb #89352ce4
 def undocumented_options(parser) -> list[str]:

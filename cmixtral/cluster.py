@@ -204,6 +204,7 @@ class SlurmConfig:
     account: str = ""
     nodes: int = 1
     gpus_per_node: int = 0  # 0: a CPU job
+    procs_per_node: int = 0  # torchrun processes (ranks) per node; 0: one per GPU (one on a CPU job)
     cpus_per_task: int = 2
     mem: str = "24G"
     time: str = "01:00:00"
@@ -319,7 +320,7 @@ def torchrun_command(stage: str, nb_path: Path, S: SlurmConfig, config, run_dir,
     py = shlex.quote(sys.executable)
     return (
         f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 {py} -m torch.distributed.run --nnodes={S.nodes} "
-        f"--nproc-per-node={max(1, S.gpus_per_node)} --rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d "
+        f"--nproc-per-node={S.procs_per_node or max(1, S.gpus_per_node)} --rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d "
         f"--rdzv-endpoint=$MASTER_ADDR:{S.port} -m cmixtral.{stage_module(nb_path)} "
         f"{_config_args(config, run_dir, overrides)}"
     )

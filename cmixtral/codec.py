@@ -37,7 +37,8 @@ class TextSpec:
 
     name: str
     lang: str  # 'zh' or 'en'
-    path: str  # .jsonl with a "text" field, or plain text with one document per line (with `repo`: path in the repo)
+    # .jsonl with a "text" field, or plain text with one document per line (with `repo`: the path in the repo)
+    path: str
     repo: str = ""  # a hub dataset id: `path` is one of its files, fetched into the Hugging Face cache
 
 
@@ -95,8 +96,8 @@ def text_path(t: TextSpec) -> Path:
 def heldout_slices(
     run_dir, texts: list[TextSpec] = (), max_chars: int = 0
 ) -> dict[str, tuple[str, list[str]]]:
-    """Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts` (a
-    text named like a held-out corpus replaces its slice)."""
+    """Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts`
+    (a text named like a held-out corpus replaces its slice)."""
     out = {}
     for lang in ("zh", "en"):
         for p in corpus_paths(run_dir, lang, "heldout"):

@@ -389,8 +389,8 @@ def _hub_error(e: Exception) -> str:
 
 
 def hub_files(repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None) -> list[Path]:
-    """The files of hub repo `repo_id` matching glob `patterns`, fetched file by file into the Hugging Face cache
-    (offline: found there); each pattern's files sorted, every pattern required to match."""
+    """The files of hub repo `repo_id` matching glob `patterns`, fetched file by file into the Hugging Face
+    cache (offline: found there); each pattern's files sorted, every pattern required to match."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import filter_repo_objects
 
@@ -428,7 +428,7 @@ def _hub_offline() -> bool:
 
 # %% ../nbs/00_core.ipynb #cf4a0184
 def hub_url(path) -> str:
-    "`hf://{datasets/}org/name@commit/file` for a file in a Hugging Face cache snapshot, else the absolute path."
+    "`hf://{datasets/}org/name@commit/file` for a file in a Hugging Face cache snapshot, else its absolute path."
     parts = Path(path).absolute().parts
     for i in range(len(parts) - 3, 0, -1):
         kind, _, repo = parts[i].partition("--")

@@ -218,7 +218,7 @@ def local_files(root, patterns: list) -> list[Path]:
 
 # %% ../nbs/30_data.ipynb #f32c3683
 def source_files(src: DataSource, run_dir) -> list[Path]:
-    "The local files `src` reads: an assets corpus's train slice, files under a folder, or files of a hub dataset."
+    "The local files `src` reads: an assets corpus's train slice, files under a folder, or a hub dataset's."
     if src.source == "corpus":
         from cmixtral.assets import corpus_paths
 
@@ -247,7 +247,8 @@ def read_file_texts(path, counts: dict):
 
 
 def read_source_texts(src: DataSource, run_dir, counts: dict, files: list | None = None):
-    "Yield the documents of `src` (of `files`, default `source_files`), counting skipped ones, stopping after `max_docs`."
+    """Yield the documents of `src` (of `files`, default `source_files`), counting skipped ones, stopping after
+    `max_docs`."""
     files = source_files(src, run_dir) if files is None else files
     texts = (t for p in files for t in read_file_texts(p, counts))
     for i, t in enumerate(texts):
@@ -498,8 +499,8 @@ def encode_files(
 
 # %% ../nbs/30_data.ipynb #b90f8732
 def prepare_text(src: DataSource, run_dir, ratio=(999, 1)) -> dict:
-    """Fetch/convert/concatenate/split the documents of `src` into its registry's jsonl files; return counts, skips
-    and the files read."""
+    """Fetch/convert/concatenate/split the documents of `src` into its registry's jsonl files; return counts,
+    skips and the files read."""
     entry = registry_entry(src)
     reg = {src.name: entry}
     out = {s: dataset_paths(run_dir, src.name, s, reg)[0] for s in entry["splits"]}

@@ -13,9 +13,10 @@ from .assets import AssetSpec, fetch_asset, base_tokenizer_path, corpus_paths, c
 from .checkpoint import load_mixtral_tokenizer
 
 # %% auto #0
-__all__ = ['TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file', 'heldout_slices', 'Codec', 'hf_codec', 'tekken_codec',
-           'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer', 'gguf_codec', 'load_codec', 'measure',
-           'codec_table', 'table_markdown', 'plot_tokens_per_char', 'grid_tokens_per_char', 'plot_vocab_curve']
+__all__ = ['TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file', 'text_path', 'heldout_slices', 'Codec', 'hf_codec',
+           'tekken_codec', 'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer', 'gguf_codec',
+           'load_codec', 'measure', 'codec_table', 'table_markdown', 'plot_tokens_per_char', 'grid_tokens_per_char',
+           'plot_vocab_curve']
 
 # %% ../nbs/70_codec.ipynb #f32d6b03
 @dataclass
@@ -36,7 +37,9 @@ class TextSpec:
 
     name: str
     lang: str  # 'zh' or 'en'
-    path: str  # .jsonl with a "text" field, or plain text with one document per line
+    # .jsonl with a "text" field, or plain text with one document per line (with `repo`: the path in the repo)
+    path: str
+    repo: str = ""  # a hub dataset id: `path` is one of its files, fetched into the Hugging Face cache
 
 
 _LLAMA_CPP = AssetSpec(
@@ -79,11 +82,22 @@ def read_text_file(path) -> list[str]:
         fail(f"{path}: no text (the file is empty)")
     return docs
 
+# %% ../nbs/70_codec.ipynb #f3b6814e
+def text_path(t: TextSpec) -> Path:
+    "The local file of the codec text `t`: its `path`, or the one file `path` of hub dataset `repo`."
+    if not t.repo:
+        return Path(t.path)
+    files = hub_files(t.repo, [t.path], "dataset")
+    if len(files) != 1:
+        fail(f"codec text {t.name}: '{t.path}' names {len(files)} files of {t.repo}, a text is one file")
+    return files[0]
+
 # %% ../nbs/70_codec.ipynb #286ad1f4
 def heldout_slices(
     run_dir, texts: list[TextSpec] = (), max_chars: int = 0
 ) -> dict[str, tuple[str, list[str]]]:
-    "Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts`."
+    """Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts`
+    (a text named like a held-out corpus replaces its slice)."""
     out = {}
     for lang in ("zh", "en"):
         for p in corpus_paths(run_dir, lang, "heldout"):
@@ -91,7 +105,7 @@ def heldout_slices(
     for t in texts:
         if t.lang not in ("zh", "en"):
             fail(f"codec text {t.name}: lang must be 'zh' or 'en', not '{t.lang}'")
-        out[t.name] = (t.lang, cut_texts(read_text_file(t.path), max_chars, whole_docs=True))
+        out[t.name] = (t.lang, cut_texts(read_text_file(text_path(t)), max_chars, whole_docs=True))
     return out
 
 # %% ../nbs/70_codec.ipynb #29a01316

@@ -14,8 +14,8 @@ import yaml
 __all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress',
            'file_hash', 'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
            'write_jsonl', 'Config', 'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section',
-           'cache_dir', 'project_root', 'project_file', 'module_imports', 'layer_violations', 'open_run_dir',
-           'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
+           'cache_dir', 'project_root', 'project_file', 'hub_files', 'hub_url', 'module_imports', 'layer_violations',
+           'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -380,6 +380,63 @@ def project_file(path, what: str = "file") -> Path:
     if not p.exists():
         fail(f"{what} {path} not found (looked for {p})")
     return p
+
+# %% ../nbs/00_core.ipynb #c6c1f0aa
+def _hub_error(e: Exception) -> str:
+    "The first line of a huggingface_hub error, prefixed by its type."
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def hub_files(repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None) -> list[Path]:
+    """The files of hub repo `repo_id` matching glob `patterns`, fetched file by file into the Hugging Face
+    cache (offline: found there); each pattern's files sorted, every pattern required to match."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not patterns:
+        fail(f"hub {repo_type} {repo_id}: no file patterns given")
+    try:
+        snap = Path(
+            snapshot_download(repo_id, repo_type=repo_type, allow_patterns=patterns, revision=revision)
+        )
+    except (
+        OSError,
+        ValueError,
+    ) as e:  # huggingface_hub's errors (offline, not found, gated, HTTP) derive from these
+        offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if _hub_offline() else ""
+        fail(f"cannot fetch hub {repo_type} {repo_id}{offline}: {_hub_error(e)}")
+    cached = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
+    out = []
+    for pat in patterns:
+        got = list(filter_repo_objects(cached, allow_patterns=[pat]))
+        if not got:
+            fail(
+                f"hub {repo_type} {repo_id}: no file matches '{pat}'"
+                + (" in the cache" if _hub_offline() else "")
+            )
+        out += [snap / g for g in got if snap / g not in out]
+    return out
+
+
+def _hub_offline() -> bool:
+    "Whether huggingface_hub runs offline (HF_HUB_OFFLINE, read when it was imported)."
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+# %% ../nbs/00_core.ipynb #cf4a0184
+def hub_url(path) -> str:
+    "`hf://{datasets/}org/name@commit/file` for a file in a Hugging Face cache snapshot, else its absolute path."
+    parts = Path(path).absolute().parts
+    for i in range(len(parts) - 3, 0, -1):
+        kind, _, repo = parts[i].partition("--")
+        if parts[i + 1] == "snapshots" and kind in ("models", "datasets", "spaces") and repo:
+            prefix = "" if kind == "models" else f"{kind}/"
+            rest = "/".join(parts[i + 3 :])
+            return f"hf://{prefix}{repo.replace('--', '/')}@{parts[i + 2]}/{rest}"
+    return str(Path(path).absolute())
 
 # %% ../nbs/00_core.ipynb #22fe0ba2
 #: Layers of the house, bottom up: a module may import only modules of lower layers.

@@ -16,9 +16,9 @@ from .core import *
 # %% auto #0
 __all__ = ['REGISTRY_KEYS', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry', 'write_registry',
            'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'read_parquet_texts', 'check_shards',
-           'local_files', 'read_hub_texts', 'read_source_texts', 'split_of', 'split_documents', 'tokenizer_dir',
-           'pack_ids', 'line_chunks', 'special_ids', 'encode_chunk', 'encode_files', 'prepare_text', 'token_report',
-           'parse_mixture', 'mixture_plan', 'load_mixture', 'plot_tokens']
+           'local_files', 'source_files', 'read_file_texts', 'read_source_texts', 'split_of', 'split_documents',
+           'tokenizer_dir', 'pack_ids', 'line_chunks', 'special_ids', 'encode_chunk', 'encode_files', 'prepare_text',
+           'token_report', 'parse_mixture', 'mixture_plan', 'load_mixture', 'plot_tokens']
 
 # %% ../nbs/30_data.ipynb #b5f65c2f
 @dataclass
@@ -31,7 +31,9 @@ class DataSource:
     lang: str = "zh"  # 'zh' or 'en': the folder {DATA_DIR}/{lang}/{name}
     kind: str = "pretrain"  # 'pretrain' or 'sft' (SFT datasets live in {DATA_DIR}/sft/{name})
     corpus: str = ""  # source 'corpus': the assets corpus name (e.g. zh-news)
-    path: str = ""  # source 'path': a local directory; source 'hub': the hub dataset id
+    path: str = (
+        ""  # source 'path': a local directory; source 'hub': the hub dataset id (e.g. Skywork/SkyPile-150B)
+    )
     files: list[str] = field(
         default_factory=list
     )  # glob patterns of jsonl/parquet files under `path` (path, hub)
@@ -215,53 +217,41 @@ def local_files(root, patterns: list) -> list[Path]:
     return [Path(f) for f in check_shards(out)]
 
 # %% ../nbs/30_data.ipynb #f32c3683
-def read_hub_texts(repo: str, files: list, counts: dict):
-    """Yield the texts of hub dataset `repo` (or a local folder laid out like one), files `files`, via `datasets`
-    streaming."""
-    from datasets import load_dataset
+def source_files(src: DataSource, run_dir) -> list[Path]:
+    "The local files `src` reads: an assets corpus's train slice, files under a folder, or a hub dataset's."
+    if src.source == "corpus":
+        from cmixtral.assets import corpus_paths
 
-    try:
-        it = iter(load_dataset(repo, data_files=list(files) or None, split="train", streaming=True))
-    except Exception as e:
-        fail(f"cannot open dataset {repo} (files {files}): {type(e).__name__}: {e}")
-    while True:
-        try:
-            row = next(it)
-        except StopIteration:
-            return
-        except Exception as e:
-            fail(f"dataset {repo} (files {files}): a file could not be read: {type(e).__name__}: {e}")
-        if (t := _text(row, counts)) is not None:
-            yield t
+        paths = [p for p in corpus_paths(run_dir, None, "train") if p.parent.name == src.corpus]
+        if not paths:
+            fail(
+                f"dataset {src.name}: no assets corpus named '{src.corpus}' with train documents in {run_dir}"
+            )
+        return paths
+    if src.source == "path":
+        return local_files(src.path, src.files)
+    if src.source == "hub":
+        return [Path(f) for f in check_shards(hub_files(src.path, src.files or ["*.jsonl"], "dataset"))]
+    fail(f"dataset {src.name}: unknown source '{src.source}' (use corpus, path or hub)")
 
 # %% ../nbs/30_data.ipynb #33f8085f
-def read_source_texts(src: DataSource, run_dir, counts: dict):
-    "Yield the documents of `src`, counting skipped ones by reason, stopping after `max_docs`."
+def read_file_texts(path, counts: dict):
+    "Yield the documents of one local file: parquet's `text` column, or JSON lines read leniently."
+    path = Path(path)
+    if not path.exists():
+        fail(f"file {path} not found")
+    if path.suffix == ".parquet":
+        yield from read_parquet_texts(path, counts)
+    else:
+        yield from iter_jsonl(path, strict=False, counts=counts)
 
-    def gen():
-        if src.source == "hub":
-            yield from read_hub_texts(src.path, src.files, counts)
-            return
-        if src.source == "corpus":
-            from cmixtral.assets import corpus_paths
 
-            paths = [p for p in corpus_paths(run_dir, None, "train") if p.parent.name == src.corpus]
-            if not paths:
-                fail(f"dataset {src.name}: no assets corpus named '{src.corpus}' in {run_dir}")
-        elif src.source == "path":
-            paths = local_files(src.path, src.files)
-        else:
-            fail(f"dataset {src.name}: unknown source '{src.source}' (use corpus, path or hub)")
-        for p in paths:
-            if not p.exists():
-                fail(f"dataset {src.name}: file {p} not found")
-            yield from (
-                read_parquet_texts(p, counts)
-                if p.suffix == ".parquet"
-                else iter_jsonl(p, strict=False, counts=counts)
-            )
-
-    for i, t in enumerate(gen()):
+def read_source_texts(src: DataSource, run_dir, counts: dict, files: list | None = None):
+    """Yield the documents of `src` (of `files`, default `source_files`), counting skipped ones, stopping after
+    `max_docs`."""
+    files = source_files(src, run_dir) if files is None else files
+    texts = (t for p in files for t in read_file_texts(p, counts))
+    for i, t in enumerate(texts):
         if src.max_docs and i >= src.max_docs:
             return
         yield t
@@ -509,13 +499,15 @@ def encode_files(
 
 # %% ../nbs/30_data.ipynb #b90f8732
 def prepare_text(src: DataSource, run_dir, ratio=(999, 1)) -> dict:
-    "Fetch/convert/concatenate/split the documents of `src` into its registry's jsonl files; return counts and skips."
+    """Fetch/convert/concatenate/split the documents of `src` into its registry's jsonl files; return counts,
+    skips and the files read."""
     entry = registry_entry(src)
     reg = {src.name: entry}
     out = {s: dataset_paths(run_dir, src.name, s, reg)[0] for s in entry["splits"]}
-    counts = {}
-    stats = split_documents(read_source_texts(src, run_dir, counts), out, ratio)
-    return {"splits": stats, "skipped": counts, "entry": entry}
+    counts, files = {}, source_files(src, run_dir)
+    stats = split_documents(read_source_texts(src, run_dir, counts, files), out, ratio)
+    read = [hub_url(f) for f in files]
+    return {"splits": stats, "skipped": counts, "entry": {**entry, "read": read}, "files": read}
 
 # %% ../nbs/30_data.ipynb #043af793
 def token_report(rows: list[dict]):

@@ -27,7 +27,7 @@ def test_configs_have_a_codec_section(name):
     if name == "mixtral-8x7b.yaml":
         assert {t.file for t in S.tokenizers if t.source == "hub"} == {"meta-llama/Llama-2-13b-hf", "hfl/chinese-llama-2-13b",
             "TigerResearch/tigerbot-13b-base-v3", "IDEA-CCNL/Ziya2-13B-Base", "Linly-AI/Chinese-LLaMA-2-13B-hf", "HIT-SCIR/Chinese-Mixtral-8x7B"}
-        assert [t.path for t in S.texts] == ["/data/SkyPile-150B/2023-06_zh_head_0000.jsonl"]
+        assert [(t.repo, t.path) for t in S.texts] == [("Skywork/SkyPile-150B", "data/2023-06_zh_head_0000.jsonl")]
 
 @pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
 def test_sentencepiece_gguf_rebuilt_faithfully(models, cache, name):

@@ -50,16 +50,6 @@ def test_local_shards_convert_split_and_count_skips(shards, tmp_path):
     prepare_text(src, tmp_path/"run", (4, 1))
     assert (train.read_bytes(), dev.read_bytes()) == before                   # deterministic
 
-def test_hub_streaming_reads_the_same_documents(shards):
-    root, texts = shards
-    counts = {}
-    got = list(read_hub_texts(str(root), ["data/*.parquet"], counts))       # the `datasets` streaming path
-    assert got == texts[15:] and counts == {"no text field": 1}
-    (root/"data"/"train-00000-of-00002.jsonl").unlink()
-    jsonl(root/"data"/"clean.jsonl", [{"text": t} for t in texts[:3]] + [{"text": "  "}])
-    counts = {}
-    assert list(read_hub_texts(str(root), ["data/clean.jsonl"], counts)) == texts[:3] and counts == {"empty text": 1}
-
 def test_missing_shard_and_truncated_parquet_are_clear_errors(shards, tmp_path):
     root, _ = shards
     pq_file = root/"data"/"train-00001-of-00002.parquet"

@@ -79,7 +79,8 @@ def test_the_rehearsal_is_the_full_config_with_only_sizes_changed():
 
 # --- the rehearsal as SLURM jobs ---------------------------------------------------------------------------------
 MODEL_REPO = "mistralai/Mixtral-8x7B-v0.1"
-ZH_FILES = ("data/2022-40_zh_head_0000.jsonl", "data/2023-14_zh_head_0000.jsonl", "data/2023-06_zh_head_0000.jsonl")
+ZH_FILES = ("data/2022-49_zh_head_0000.jsonl", "data/2023-14_zh_head_0000.jsonl", "data/2023-06_zh_head_0000.jsonl")
+EN_FILES = ("data/train-00000-of-00001-8e1d4a3b0f2c5d6e.parquet", "data/test-00000-of-00001-9f769cf7ce219017.parquet")
 
 
 def chinese_documents() -> list[str]:
@@ -126,7 +127,7 @@ def storage(tmp_path_factory, cache):
     import torch
     root = tmp_path_factory.mktemp("storage")
     hf, data = root/"hf", root/"data"
-    zh, en = chinese_documents()[:1200], english_documents(cache)[:60]
+    zh, en = chinese_documents()[:1500], english_documents(cache)[:60]
     cfg = yaml.safe_load(REHEARSAL.read_text())["assets"]["base_model"]
     spec = BaseModelSpec(**{k: v for k, v in cfg.items() if k in BaseModelSpec.__dataclass_fields__ and k != "source"})
     tok = load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
@@ -135,12 +136,8 @@ def storage(tmp_path_factory, cache):
     cache_model_dir(hf, MODEL_REPO, root/"base")
     thirds = [zh[i::3] for i in range(3)]
     cache_repo(hf, "Skywork/SkyPile-150B", {f: jsonl_bytes(t) for f, t in zip(ZH_FILES, thirds)}, "dataset")
-    cache_repo(hf, "DKYoon/SlimPajama-6B", {"data/train-00000-of-00001.parquet": parquet_bytes(en[:50]),
-                                            "data/test-00000-of-00001.parquet": parquet_bytes(en[50:])}, "dataset")
-    (data/"SkyPile-150B").mkdir(parents=True)
-    (data/"SkyPile-150B"/"2023-06_zh_head_0000.jsonl").write_bytes(jsonl_bytes(thirds[2]))
-    (data/"SlimPajama-6B").mkdir()
-    (data/"SlimPajama-6B"/"test.jsonl").write_bytes(jsonl_bytes(en[50:]))
+    cache_repo(hf, "DKYoon/SlimPajama-6B", {EN_FILES[0]: parquet_bytes(en[:45]), EN_FILES[1]: parquet_bytes(en[45:])},
+               "dataset")
     for lang, folder in (("Chinese", "chinese"), ("English", "english")):
         d = data/"sft"/f"ShareGPT-{lang}"
         d.mkdir(parents=True)
@@ -149,7 +146,7 @@ def storage(tmp_path_factory, cache):
     fake_run = root/"texts"                              # held-out text in the assets stage's layout
     (fake_run/"assets"/"corpora").mkdir(parents=True)
     index = []
-    for lang, docs in (("zh", thirds[2][:200]), ("en", en[50:])):
+    for lang, docs in (("zh", thirds[2][:200]), ("en", en[45:])):
         (fake_run/"assets"/"corpora"/f"{lang}.jsonl").write_bytes(jsonl_bytes(docs))
         index.append({"name": lang, "lang": lang, "train": f"corpora/{lang}.jsonl", "heldout": f"corpora/{lang}.jsonl"})
     (fake_run/"assets"/"corpora"/"index.json").write_text(json.dumps(index))
@@ -160,9 +157,6 @@ def storage(tmp_path_factory, cache):
 def rehearsal_overrides(storage) -> list[str]:
     "The rehearsal's paths on this machine's storage (-p)."
     return [f"cache_dir={storage/'cache'}", f"eval.task_data={storage/'data'/'lm-eval-tasks'}",
-            f"assets.corpora.0.file={storage/'data'/'SkyPile-150B'/'2023-06_zh_head_0000.jsonl'}",
-            f"assets.corpora.1.file={storage/'data'/'SlimPajama-6B'/'test.jsonl'}",
-            f"codec.texts.0.path={storage/'data'/'SkyPile-150B'/'2023-06_zh_head_0000.jsonl'}",
             f"sft.datasets.0.path={storage/'data'/'sft'/'ShareGPT-Chinese'}",
             f"sft.datasets.1.path={storage/'data'/'sft'/'ShareGPT-English'}"]
 

@@ -478,6 +478,8 @@ def pad_rows(rows: list, pad_id: int) -> tuple:
 @torch.no_grad()
 def bits_per_char(model, tok, texts: list[str], block_size: int = 256, batch_size: int = 8) -> dict:
     "Bits per character of `model` with tokenizer `tok` on `texts` (plus the token and character counts)."
+    if not any(texts):
+        fail("bits per character of no text: the held-out split is empty (see the corpora's split settings)")
     ids = []
     for enc in tok(texts, add_special_tokens=False)["input_ids"]:
         ids += [tok.bos_token_id, *enc]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_sft.ipynb #48f1ff14
 from __future__ import annotations
-import argparse, glob, os, shutil, sys
+import argparse, glob, json, os, shutil, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch

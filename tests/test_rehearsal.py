@@ -156,7 +156,7 @@ def storage(tmp_path_factory, cache):
 
 def rehearsal_overrides(storage) -> list[str]:
     "The rehearsal's paths on this machine's storage (-p)."
-    return [f"cache_dir={storage/'cache'}", f"eval.task_data={storage/'data'/'lm-eval-tasks'}",
+    return [f"cache_dir={storage/'cache'}", f"cluster.slurm.port={free_port()}", f"eval.task_data={storage/'data'/'lm-eval-tasks'}",
             f"sft.datasets.0.path={storage/'data'/'sft'/'ShareGPT-Chinese'}",
             f"sft.datasets.1.path={storage/'data'/'sft'/'ShareGPT-English'}"]
 
@@ -187,25 +187,44 @@ REHEARSAL_ENV = {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "CMIXTRAL_QUIET
                  "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+def wait_for(slurm, jobs: dict, stage: str, states, timeout: float) -> dict:
+    "Wait until `stage`'s job is in one of `states`; fail at once, with its log, if a job of the chain failed."
+    states = {states} if isinstance(states, str) else set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        for st, job in jobs.items():
+            rec = slurm.job(job)
+            if rec["JobState"] in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                pytest.fail(f"stage {st} (job {job}) {rec['JobState']}:\n{slurm.log(job)[-4000:]}")
+        rec = slurm.job(jobs[stage])
+        if rec["JobState"] in states:
+            return rec
+        if time.monotonic() > deadline:
+            pytest.fail(f"stage {stage} (job {jobs[stage]}) still {rec['JobState']} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def rehearsal(slurm, storage, tmp_path_factory):
     """The rehearsal submitted as a chain of SLURM jobs, with SLURM's time-limit warning (USR1 to the batch shell)
-    sent to the pretraining job once it trains; the run directory and the job ids when the chain has finished."""
+    sent to the pretraining job once it trains; the run directory, the job ids and the pretraining job's record
+    once requeued. CMIXTRAL_REHEARSAL_OUT keeps the run (and the reference run beside it) in that directory."""
     from cmixtral.cluster import submit_chain
     env = {**slurm.env, **REHEARSAL_ENV, "HF_HOME": str(storage/"hf")}
     old = dict(os.environ)
     os.environ.update(env)                                 # sbatch passes the submitter's environment on
+    keep = os.environ.get("CMIXTRAL_REHEARSAL_OUT")
+    run = Path(keep).resolve() if keep else tmp_path_factory.mktemp("rehearsal")/"run"
+    if run.exists():
+        shutil.rmtree(run)
     try:
-        run = tmp_path_factory.mktemp("rehearsal")/"run"
         jobs = {r["stage"]: r["job_id"] for r in submit_chain(REHEARSAL, run, overrides=rehearsal_overrides(storage))}
-        pre = jobs["pretrain"]
-        slurm.wait(pre, "RUNNING", timeout=900)
-        until((run/"pretrain"/"arms"/"mean"/"trainer"/"run_info.json").exists, 300, "pretraining started")
-        slurm.signal_batch(pre, "USR1")
-        rec = slurm.wait(pre, "PENDING", timeout=300)
-        slurm.release(pre)
-        last = jobs[list(jobs)[-1]]
-        slurm.wait(last, "COMPLETED", timeout=1500)
+        wait_for(slurm, jobs, "pretrain", "RUNNING", timeout=1200)
+        until((run/"pretrain"/"arms"/"mean"/"trainer"/"checkpoint-4").exists, 300, "pretraining's first checkpoint")
+        slurm.signal_batch(jobs["pretrain"], "USR1")
+        rec = wait_for(slurm, jobs, "pretrain", "PENDING", timeout=300)
+        slurm.release(jobs["pretrain"])
+        wait_for(slurm, jobs, list(jobs)[-1], "COMPLETED", timeout=1500)
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -226,7 +245,7 @@ def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehe
 def test_every_model_a_stage_writes_keeps_the_bases_bfloat16(rehearsal):
     run, _, _ = rehearsal
     for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base", "sft/base", "sft/model"):
-        assert safetensors_dtypes(run/folder) == {"torch.bfloat16"}, folder
+        assert safetensors_dtypes(run/folder) == {"BF16"}, folder
 
 
 def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehearsal, slurm, storage, tmp_path):
@@ -240,14 +259,14 @@ def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehears
     k, n = int(stopped[1]), int(stopped[2])
     assert 1 <= k < n and "resuming from" in log and "requeue" in log
     # the reference: the same stage's inputs, trained without interruption by torchrun, 2 ranks, DeepSpeed
-    ref = tmp_path/"ref"
+    ref = run.parent/f"{run.name}-reference" if os.environ.get("CMIXTRAL_REHEARSAL_OUT") else tmp_path/"ref"
+    shutil.rmtree(ref, ignore_errors=True)
     ref.mkdir()
     for st in ("assets", "vocab", "embed_init", "data"):
         shutil.copytree(run/st, ref/st)
     shutil.copy(run/"run.json", ref/"run.json") if (run/"run.json").exists() else None
     env = {**os.environ, **REHEARSAL_ENV, "HF_HOME": str(storage/"hf")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0" if False else
-           f"--master-port={free_port()}", "-m", "cmixtral.pretrain", "--config", str(REHEARSAL), "--out", str(ref),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "cmixtral.pretrain", "--config", str(REHEARSAL), "--out", str(ref),
            *[x for o in rehearsal_overrides(storage) for x in ("-p", o)]]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

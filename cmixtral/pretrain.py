@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_pretrain.ipynb #3ede40b8
 from __future__ import annotations
-import argparse, json, math, os, shutil, sys, zlib
+import argparse, contextlib, json, math, os, shutil, sys, zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
@@ -32,9 +32,9 @@ __all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', '
            'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
            'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
            'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
-           'light_hash', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'finished_training', 'train_adapter',
-           'train_arm', 'heldout_bpc', 'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser',
-           'train_command', 'main']
+           'light_hash', 'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier',
+           'main_process_first', 'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc',
+           'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -622,6 +622,40 @@ def arm_data(run_dir, cfg: Config, S: PretrainConfig, tok) -> dict:
         "dev_tokens_per_char": dev_tpc,
     }
 
+# %% ../nbs/40_pretrain.ipynb #bb5db455
+def process_rank() -> int:
+    "This process's rank among torchrun's processes (0 without torchrun)."
+    return int(os.environ.get("RANK", 0))
+
+
+def join_process_group():
+    "Join torchrun's process group (NCCL on GPUs, gloo on CPUs) unless this process is alone or already in it."
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def barrier():
+    "Wait until every rank gets here (nothing to wait for without torchrun)."
+    import torch.distributed as dist
+
+    join_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    "Rank 0 runs the block first; the other ranks run it after (finding its results there)."
+    if process_rank() != 0:
+        barrier()
+    yield
+    if process_rank() == 0:
+        barrier()
+
 # %% ../nbs/40_pretrain.ipynb #ce5561bd
 def pretrain_dir(run_dir) -> Path:
     return Path(run_dir) / "pretrain"
@@ -639,10 +673,9 @@ def train_adapter(
     """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
     `training.json` record; if `adapter_dir` holds this same training finished (by any number of processes, e.g.
     a torchrun job), load it instead. Returns (model, log history)."""
-    from accelerate import PartialState
     from transformers import AutoConfig
 
-    state, adapter_dir = PartialState(), Path(adapter_dir)
+    adapter_dir = Path(adapter_dir)
     done, mcfg = finished_training(adapter_dir), AutoConfig.from_pretrained(init)
     if done and done["fingerprint"] == run_fingerprint(mcfg, len(tok), train_ds, T, done["world_size"], tag):
         get_logger().info(
@@ -652,12 +685,12 @@ def train_adapter(
     seed_everything(T.seed)
     model = load_qlora_model(init, S)
     log = train_model(model, tok, train_ds, eval_ds, trainer_dir, T, resume, stop_after, tag)
-    if state.is_main_process:
+    if process_rank() == 0:
         info = read_json(Path(trainer_dir) / "run_info.json")
         save_model(model, adapter_dir, tok)
         steps = max([r.get("step", 0) for r in log] or [0])
         write_json(adapter_dir / "training.json", {**info, "global_step": steps, "log": log})
-    state.wait_for_everyone()
+    barrier()
     return model, log
 
 
@@ -666,14 +699,12 @@ def train_arm(
 ) -> dict:
     """Train one arm: starting model, data, input checks, QLoRA training (resumable, or reused when a torchrun job
     finished it), adapter + log CSV; returns paths and numbers."""
-    from accelerate import PartialState
     from transformers import AutoConfig
     import pandas as pd
 
-    state = PartialState()
     adir = pretrain_dir(run_dir) / "arms" / arm
     T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
-    with state.main_process_first():
+    with main_process_first():
         init = prepare_arm_model(
             run_dir,
             arm,
@@ -691,7 +722,7 @@ def train_arm(
     model, log = train_adapter(
         init, S, tok, d["train"], d["eval"], adir / "trainer", adir / "adapter", T, S.resume, stop_after, tag
     )
-    if state.is_main_process:
+    if process_rank() == 0:
         pd.DataFrame(log).to_csv(adir / "log.csv", index=False)
     return {
         "arm": arm,

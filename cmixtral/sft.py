@@ -21,7 +21,8 @@ from .checkpoint import load_model, load_pair, merge_adapter, native_to_hf, save
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
 from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
-from .pretrain import TrainingStopped, light_hash, train_adapter
+from .pretrain import TrainingStopped, barrier, light_hash, main_process_first, process_rank
+from .pretrain import train_adapter
 
 # %% auto #0
 __all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat', 'encode_example',
@@ -429,18 +430,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
     "Prepare (first process) and train (every process) the SFT adapter of `config` in the run directory `out`."
-    from accelerate import PartialState
-
     cfg = load_config(config, overrides)
     S = section(cfg, "sft", SftConfig)
     open_run_dir(out, cfg)
-    state = PartialState()
-    with state.main_process_first():
+    with main_process_first():
         b = prepare_sft_base(out, S)
     tok = load_mixtral_tokenizer(b["base"])
-    if state.is_main_process:
+    if process_rank() == 0:
         prepare_sft_data(out, S, tok)
-    state.wait_for_everyone()
+    barrier()
     seed_everything(cfg.seed)
     train_ds, eval_ds = sft_datasets(out, S, cfg.seed)
     model, log = train_sft(out, S, tok, b["base"], train_ds, eval_ds, max_steps)

@@ -316,11 +316,13 @@ def pipeline_command(stage: str, config, run_dir, overrides=()) -> str:
 
 
 def torchrun_command(stage: str, nb_path: Path, S: SlurmConfig, config, run_dir, overrides=()) -> str:
-    "`srun` one torchrun agent per node, each starting the stage module's `main()` once per GPU."
-    py = shlex.quote(sys.executable)
+    """`srun` one torchrun agent per node, each starting the stage module's `main()` once per GPU (or
+    `procs_per_node` times), each rank with its share of the job's CPUs as threads."""
+    py, procs = shlex.quote(sys.executable), S.procs_per_node or max(1, S.gpus_per_node)
     return (
+        f"env OMP_NUM_THREADS={max(1, S.cpus_per_task // procs)} "
         f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 {py} -m torch.distributed.run --nnodes={S.nodes} "
-        f"--nproc-per-node={S.procs_per_node or max(1, S.gpus_per_node)} --rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d "
+        f"--nproc-per-node={procs} --rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d "
         f"--rdzv-endpoint=$MASTER_ADDR:{S.port} -m cmixtral.{stage_module(nb_path)} "
         f"{_config_args(config, run_dir, overrides)}"
     )

@@ -19,7 +19,7 @@ def test_full_scale_pretrain_script_is_torchrun_on_4x8_gpus(tmp_path):
               f"--output={tmp_path/'run'}/slurm/%x-%j.out"]:
         assert f"#SBATCH {d}" in lines, d
     launch = next(l for l in lines if "torch.distributed.run" in l)
-    assert launch.startswith(f"step srun --kill-on-bad-exit=1 --ntasks-per-node=1 {sys.executable} -m torch.distributed.run")
+    assert launch.startswith(f"step env OMP_NUM_THREADS=4 srun --kill-on-bad-exit=1 --ntasks-per-node=1 {sys.executable} -m torch.distributed.run")
     assert "--nnodes=4 --nproc-per-node=8" in launch and "-m cmixtral.pretrain" in launch and "--rdzv-endpoint=$MASTER_ADDR:29500" in launch
     assert f"--config {ROOT/'configs/mixtral-8x7b.yaml'} --out {tmp_path/'run'}" in launch
     assert "source ~/venvs/cmixtral/bin/activate" in lines and "trap stop USR1" in lines and "#SBATCH --open-mode=append" in lines

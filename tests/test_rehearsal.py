@@ -242,6 +242,23 @@ def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehe
     assert read_json(run/"sft"/"adapter"/"training.json")["world_size"] == 2
 
 
+def test_status_shows_the_chain_and_cancel_finds_nothing_left(rehearsal, slurm, capsys, monkeypatch):
+    from cmixtral.cli import main
+    from cmixtral.cluster import cancel_chain, chain_status
+    run, jobs, _ = rehearsal
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv("PATH", slurm.env["PATH"])
+    rows = chain_status(run)
+    assert [(r["stage"], r["job_id"], r["state"], r["exit_code"], r["manifest"]) for r in rows] == \
+        [(s, str(j), "COMPLETED", "0:0", True) for s, j in jobs.items()]
+    assert [r["restarts"] for r in rows if r["stage"] == "pretrain"] == ["1"]
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["stage", "job_id", "state", "exit_code", "elapsed", "restarts", "reason", "manifest"]
+    assert [l.split()[0] for l in out[1:]] == list(jobs)
+    assert cancel_chain(run) == []
+
+
 def test_every_model_a_stage_writes_keeps_the_bases_bfloat16(rehearsal):
     run, _, _ = rehearsal
     for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base", "sft/base", "sft/model"):

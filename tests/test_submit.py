@@ -1,4 +1,5 @@
-"""`cmixtral submit`, `status` and `cancel`, and the stop-file requeue, on a real one-node SLURM (tests/slurm_cluster.py).
+"""`cmixtral submit` and `cancel`, and the stop-file requeue, on a real one-node SLURM (tests/slurm_cluster.py);
+a whole chain, with `status`, runs in tests/test_rehearsal.py.
 
 The library calls find sbatch, scontrol and scancel on PATH and the cluster by SLURM_CONF, as on a login node:
 each test points both at the session's cluster."""
@@ -29,27 +30,6 @@ def until(pred, timeout:float=30, what:str="condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not reached after {timeout:.0f} s")
         time.sleep(0.1)
-
-
-def test_submitted_assets_stage_completes_with_its_manifest(slurm, tmp_path, capsys):
-    run = tmp_path/"run"
-    rows = submit_chain(MICRO, run, stages="assets")
-    assert [r["stage"] for r in rows] == ["assets"] and rows[0]["script"] == str(run/"slurm"/"assets.sbatch")
-    job = int(rows[0]["job_id"])
-    rec = slurm.wait(job, "COMPLETED", timeout=150)
-    assert rec["ExitCode"] == "0:0", slurm.log(job)
-    rec = json.loads((run/"slurm"/"jobs.json").read_text())
-    assert rec["config"] == str(MICRO) and rec["overrides"] == [] and rec["jobs"] == rows
-    st, = chain_status(run)
-    assert (st["stage"], st["job_id"], st["state"], st["exit_code"], st["restarts"], st["manifest"]) == \
-        ("assets", str(job), "COMPLETED", "0:0", "0", True)
-    assert (run/"notebooks"/"01_assets.ipynb").exists()
-    assert slurm.log(job).startswith(f"cmixtral: stage assets, job {job}, run 0, ")
-    assert main(["status", str(run)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["stage", "job_id", "state", "exit_code", "elapsed", "restarts", "reason", "manifest"]
-    assert out[1].split()[:4] == ["assets", str(job), "COMPLETED", "0:0"] and out[1].endswith("True")
-    assert cancel_chain(run) == []
 
 
 def test_cancel_clears_the_chain_and_its_pending_dependant(slurm, tmp_path, capsys):

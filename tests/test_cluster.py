@@ -36,7 +36,8 @@ def test_tiny_data_script_runs_the_notebook_with_overrides(tmp_path):
     assert "torch.distributed.run" not in txt
 
 def test_torchrun_needs_a_main(tmp_path, capsys):
-    assert main(["sbatch", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "--stage", "vocab", "--script", str(tmp_path/"x")]) == 2
+    assert main(["sbatch", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "--stage", "vocab", "--script", str(tmp_path/"x"),
+                 "-p", "cluster.stages.vocab.launcher=torchrun"]) == 2
     assert "has no main() for torchrun" in capsys.readouterr().err
     assert not (tmp_path/"x").exists()
 
@@ -84,7 +85,7 @@ def test_threads_must_fit_the_cpus_a_stage_books(tmp_path, capsys):
 
 def test_a_papermill_stage_runs_on_one_node(tmp_path, capsys):
     assert main(["sbatch", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "--stage", "vocab", "--script", str(tmp_path/"x"),
-                 "-p", "cluster.slurm.launcher=papermill"]) == 2
+                 "-p", "cluster.stages.vocab.nodes=4"]) == 2
     assert "stage 'vocab' runs with launcher papermill (one process on one node) but asks for nodes: 4" in capsys.readouterr().err
 
 def test_submit_without_sbatch_says_so(tmp_path, monkeypatch, capsys):

@@ -590,7 +590,10 @@ def local_paths(cfg: Config) -> list[tuple[str, str]]:
     if task_data not in ("generate", "hub"):
         out.append(("eval.task_data", task_data))
     codec = cfg.get("codec") or {}
-    out += [(f"codec.texts.{i}.path", str(t.get("path", ""))) for i, t in enumerate(codec.get("texts") or [])]
+    texts = enumerate(codec.get("texts") or [])
+    out += [
+        (f"codec.texts.{i}.path", str(t.get("path", ""))) for i, t in texts if not t.get("repo")
+    ]  # hub: no
     for i, t in enumerate(codec.get("tokenizers") or []):
         if t.get("source") == "path":
             out.append((f"codec.tokenizers.{i}.file", str(t.get("file", ""))))

@@ -148,6 +148,7 @@ def load_model(
     dtype: str = "auto",
     purpose: str = "forward",
     device=None,
+    attn_implementation: str | None = None,
 ):
     "A Mixtral from `path` (folder or hub id): 4-bit per `quant` or full precision, with a peft `adapter`, placed."
     from transformers import AutoModelForCausalLM
@@ -157,7 +158,17 @@ def load_model(
     if q is not None and dtype == "auto":
         dtype = str(compute_dtype(quant)).removeprefix("torch.")
     dm = device if device is not None else device_map(purpose)
-    model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=q, dtype=dtype, device_map=dm)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), quantization_config=q, dtype=dtype, device_map=dm, **kw
+        )
+    except (ImportError, ValueError) as e:
+        if not attn_implementation or attn_implementation not in str(e).replace(
+            "FlashAttention2", "flash_attention_2"
+        ):
+            raise
+        fail(f"attn_implementation '{attn_implementation}' cannot load here: {str(e).splitlines()[0]}")
     if q is not None:
         cpu_safe_4bit(model)
     if adapter is not None:

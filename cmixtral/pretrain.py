@@ -89,6 +89,8 @@ class PretrainConfig:
     block_size: int = 256  # tokens per block (the seed: 2048)
     pad_to_multiple_of: int = 64  # rows of the resized embeddings (as embed_init)
     resume: bool = True  # continue from the last checkpoint of the same run
+    # attention kernel: 'flash_attention_2' (GPUs, the flash-attn package), 'sdpa' or 'eager'
+    attn_implementation: str = "sdpa"
     quant: QuantSettings = field(default_factory=QuantSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -108,7 +110,8 @@ def load_qlora_model(model_dir, P, gradient_checkpointing: bool | None = None):
     Q, L, gc = _settings(P)
     gc = gc if gradient_checkpointing is None else gradient_checkpointing
     dtype = "auto" if Q.load_in_4bit else str(compute_dtype(Q)).removeprefix("torch.")
-    model = load_model(model_dir, Q, dtype=dtype, purpose="train")
+    attn = getattr(P, "attn_implementation", None)
+    model = load_model(model_dir, Q, dtype=dtype, purpose="train", attn_implementation=attn)
     model.config.use_cache = False
     kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if Q.load_in_4bit:

@@ -315,6 +315,8 @@ class SftConfig:
     block_size: int = 128  # tokens per packed row
     dev_every: int = 10  # every dev_every-th record is dev
     max_dev_blocks: int = 16  # dev blocks evaluated during training (0: all)
+    # attention kernel: 'flash_attention_2' (GPUs, the flash-attn package), 'sdpa' or 'eager'
+    attn_implementation: str = "sdpa"
     quant: QuantSettings = field(default_factory=QuantSettings)  # as pretraining: NF4, double quantisation
     lora: LoraSettings = field(
         default_factory=LoraSettings

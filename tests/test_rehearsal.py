@@ -25,6 +25,7 @@ FREE = {           # settings of the machine rather than of the method
 }
 MACHINE = {"partition", "account", "gpus_per_node", "time", "mem", "setup", "job_name"}   # any cluster section
 CPU_DTYPES = {"pretrain.quant.compute_dtype", "sft.quant.compute_dtype"}   # CPU kernels compute in float32
+CPU_KERNELS = {"pretrain.attn_implementation", "sft.attn_implementation"}   # flash-attn builds only with CUDA
 
 
 def config_differences(full, reh, path="") -> list[str]:
@@ -47,6 +48,8 @@ def config_differences(full, reh, path="") -> list[str]:
     if isinstance(full, str) and isinstance(reh, str) and full.startswith("/") and reh.startswith("/"):
         return out                                        # a file-system path
     if path in CPU_DTYPES and (full, reh) == ("bfloat16", "float32"):
+        return out
+    if path in CPU_KERNELS and (full, reh) == ("flash_attention_2", "sdpa"):
         return out
     if isinstance(full, list) and isinstance(reh, list) and reh and all(num(x) for x in full + reh):
         return out                                        # a grid of sizes

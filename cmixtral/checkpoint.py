@@ -16,9 +16,9 @@ __all__ = ['LORA_TARGETS', 'PURPOSES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_
            'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'stored_dtype',
            'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits',
            'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter', 'lora_model',
-           'perturb_adapter', 'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope',
-           'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native',
-           'hf_config_of_native', 'native_to_hf']
+           'perturb_adapter', 'tensor_files', 'expected_merged', 'check_merge', 'dequantize_to_dir', 'merge_peak_bytes',
+           'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params',
+           'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -447,6 +447,57 @@ def perturb_adapter(model, std: float = 0.05, seed: int = 1):
             if "lora_B" in n or "modules_to_save" in n:
                 p.add_(torch.randn_like(p) * std)
     return model
+
+# %% ../nbs/45_checkpoint.ipynb #4852ab4f
+def tensor_files(model_dir) -> dict[str, Path]:
+    "{tensor name: the safetensors file holding it} of an HF model directory, from the shard headers."
+    from safetensors import safe_open
+
+    out = {}
+    for f in shard_files(model_dir):
+        with safe_open(str(f), "pt") as s:
+            out.update(dict.fromkeys(s.keys(), f))
+    return out
+
+
+def expected_merged(w: torch.Tensor, part) -> torch.Tensor:
+    "What a merge must write for base tensor `w` and adapter `part`, in float32: W, the trained copy, or W + s·B·A."
+    if part is None:
+        return w.float()
+    if part[0] == "full":
+        return part[1].float()
+    _, a, b, scale = part
+    return torch.addmm(w.float(), b.float(), a.float(), alpha=scale)
+
+
+def check_merge(base_dir, adapter_dir, merged_dir, ulps: float = 2.0) -> dict:
+    """Check the merged model in `merged_dir` against `base_dir` (the weights merged into) and the adapter, tensor by
+    tensor, one base shard in memory at a time; fail naming the first tensor off by more than `ulps` units in the last
+    place of its dtype (relative to its largest value). Returns counts and the largest relative difference."""
+    from safetensors import safe_open
+
+    _, parts = read_adapter(adapter_dir)
+    merged = tensor_files(merged_dir)
+    base = tensor_files(base_dir)
+    if set(merged) != set(base):
+        extra, missing = sorted(set(merged) - set(base)), sorted(set(base) - set(merged))
+        fail(f"{merged_dir}: tensors differ from the base's (extra {extra[:3]}, missing {missing[:3]})")
+    worst, n_lora = 0.0, 0
+    for f in dict.fromkeys(base.values()):
+        with safe_open(str(f), "pt") as s:
+            for k in s.keys():
+                with safe_open(str(merged[k]), "pt") as m:
+                    got = m.get_tensor(k)
+                want = expected_merged(s.get_tensor(k), parts.get(k)).to(got.dtype).float()
+                n_lora += parts.get(k, ("",))[0] == "lora"
+                rel = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+                worst = max(worst, rel)
+                if rel > ulps * torch.finfo(got.dtype).eps:
+                    fail(
+                        f"merged tensor {k} differs from its base tensor plus the adapter by {rel:.2e} of its "
+                        f"largest value (allowed: {ulps:g} units of {got.dtype} in the last place)"
+                    )
+    return {"tensors": len(base), "lora_tensors": n_lora, "max_rel_diff": worst}
 
 # %% ../nbs/45_checkpoint.ipynb #a533edf5
 def dequantize_to_dir(model_dir, out_dir, Q: QuantSettings | None = None) -> Path:

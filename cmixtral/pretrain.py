@@ -69,6 +69,7 @@ class TrainSettings:
     report_to: str = "tensorboard"  # or none
     deepspeed: str = ""  # a DeepSpeed JSON config (multi-GPU), empty on CPU
     seed: int = 0
+    ddp_timeout: int = 1800  # seconds ranks wait at a barrier (rank 0 may be writing the starting model)
 
 # %% ../nbs/40_pretrain.ipynb #bf9bb919
 @dataclass
@@ -377,6 +378,7 @@ def training_args(
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         deepspeed=str(project_file(T.deepspeed, "DeepSpeed config")) if T.deepspeed else None,
         save_safetensors=True,
+        ddp_timeout=T.ddp_timeout,
     )
 
 # %% ../nbs/40_pretrain.ipynb #24afa4f0
@@ -631,33 +633,36 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
-def join_process_group():
-    "Join torchrun's process group (NCCL on GPUs, gloo on CPUs) unless this process is alone or already in it."
+def join_process_group(timeout_s: int = 1800):
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) unless this process is alone or already in it;
+    its collectives and barriers give up after `timeout_s` seconds."""
+    import datetime
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def barrier():
+def barrier(timeout_s: int = 1800):
     "Wait until every rank gets here (nothing to wait for without torchrun)."
     import torch.distributed as dist
 
-    join_process_group()
+    join_process_group(timeout_s)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
 @contextlib.contextmanager
-def main_process_first():
+def main_process_first(timeout_s: int = 1800):
     "Rank 0 runs the block first; the other ranks run it after (finding its results there)."
     if process_rank() != 0:
-        barrier()
+        barrier(timeout_s)
     yield
     if process_rank() == 0:
-        barrier()
+        barrier(timeout_s)
 
 # %% ../nbs/40_pretrain.ipynb #ce5561bd
 def pretrain_dir(run_dir) -> Path:
@@ -707,7 +712,7 @@ def train_arm(
 
     adir = pretrain_dir(run_dir) / "arms" / arm
     T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
-    with main_process_first():
+    with main_process_first(T.ddp_timeout):  # rank 0 writes the arm's starting model
         init = prepare_arm_model(
             run_dir,
             arm,

@@ -17,7 +17,15 @@ from cmixtral.checkpoint import (
     iter_tensors,
     load_mixtral_tokenizer,
 )
-from .checkpoint import load_model, load_pair, merge_adapter, native_to_hf, save_model, verify_md5
+from cmixtral.checkpoint import (
+    check_merge,
+    load_model,
+    load_pair,
+    merge_adapter,
+    native_to_hf,
+    save_model,
+    verify_md5,
+)
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
 from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
@@ -374,6 +382,7 @@ def prepare_sft_base(run_dir, S: SftConfig) -> dict:
     src = {"model": str(model), "adapter_md5": tree_hash(adapter)}
     if not ((out / "merged_from.json").exists() and read_json(out / "merged_from.json") == src):
         merge_adapter(model, adapter, out, S.max_shard_size)
+        check_merge(model, adapter, out)  # tensor by tensor, one shard at a time
         write_json(out / "merged_from.json", src)
     return {"which": which, "base": out, "model": model, "adapter": adapter}
 
@@ -435,12 +444,12 @@ def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
     cfg = load_config(config, overrides)
     S = section(cfg, "sft", SftConfig)
     open_run_dir(out, cfg)
-    with main_process_first():
+    with main_process_first(S.train.ddp_timeout):  # rank 0 merges the pretraining adapter
         b = prepare_sft_base(out, S)
     tok = load_mixtral_tokenizer(b["base"])
     if process_rank() == 0:
         prepare_sft_data(out, S, tok)
-    barrier()
+    barrier(S.train.ddp_timeout)
     seed_everything(cfg.seed)
     train_ds, eval_ds = sft_datasets(out, S, cfg.seed)
     model, log = train_sft(out, S, tok, b["base"], train_ds, eval_ds, max_steps)

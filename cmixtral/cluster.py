@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['JOB_DONE', 'PREFLIGHT_PACKAGES', 'nbs_dir', 'has_parameters_cell', 'list_stages', 'select_stages',
-           'stage_fingerprint', 'changed_inputs', 'stage_is_current', 'run_notebook', 'run_pipeline', 'SlurmConfig',
-           'ClusterConfig', 'stage_module', 'stage_has_main', 'check_launcher', 'stage_slurm', 'stage_threads',
-           'check_stage_resources', 'pipeline_command', 'torchrun_command', 'launch_steps', 'sbatch_directives',
-           'sbatch_script', 'write_sbatch', 'slurm_tool', 'run_slurm', 'jobs_file', 'submit_chain',
+           'stage_fingerprint', 'input_unchanged', 'changed_inputs', 'stage_is_current', 'run_notebook', 'run_pipeline',
+           'SlurmConfig', 'ClusterConfig', 'stage_module', 'stage_has_main', 'check_launcher', 'stage_slurm',
+           'stage_threads', 'check_stage_resources', 'pipeline_command', 'torchrun_command', 'launch_steps',
+           'sbatch_directives', 'sbatch_script', 'write_sbatch', 'slurm_tool', 'run_slurm', 'jobs_file', 'submit_chain',
            'parse_scontrol_record', 'job_state', 'chain_status', 'cancel_chain', 'format_table', 'local_paths',
            'check_paths', 'needed_packages', 'check_packages', 'check_deepspeed', 'check_stage_jobs', 'check_memory',
            'disk_plan', 'check_disk', 'preflight']
@@ -75,14 +75,22 @@ def stage_fingerprint(stage: str, nb_path: Path, cfg: Config, upstream: str = ""
     return text_hash(json.dumps(key, sort_keys=True, default=str))
 
 
+def input_unchanged(path: Path, rec: dict) -> bool:
+    """Whether `path` still has the checksum its manifest record holds: a `light_checksum`, or the full
+    `tree_hash` that manifests written before light checksums recorded as `md5`."""
+    if rec.get("checksum"):
+        return light_checksum(path) == rec["checksum"]
+    return tree_hash(path) == rec["md5"]
+
+
 def changed_inputs(run_dir: Path, manifest: dict) -> list[str]:
     "Names of the inputs a manifest recorded with a checksum whose files have changed or gone since."
     out = []
     for name, rec in manifest.get("inputs", {}).items():
-        if not rec.get("md5"):
+        if not (rec.get("checksum") or rec.get("md5")):
             continue
         p = Path(rec["path"]) if Path(rec["path"]).is_absolute() else Path(run_dir) / rec["path"]
-        if not p.exists() or tree_hash(p) != rec["md5"]:
+        if not p.exists() or not input_unchanged(p, rec):
             out.append(name)
     return out
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS', 'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress',
-           'file_hash', 'tree_hash', 'text_hash', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
-           'write_jsonl', 'Config', 'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section',
-           'cache_dir', 'project_root', 'project_file', 'hub_files', 'hub_url', 'module_imports', 'layer_violations',
-           'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
+__all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS',
+           'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash', 'text_hash',
+           'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum', 'light_read_bytes',
+           'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl', 'Config',
+           'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root',
+           'project_file', 'hub_files', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir',
+           'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -81,6 +83,74 @@ def tree_hash(path, algo: str = "md5", max_bytes: int = 0) -> str:
 def text_hash(s: str, algo: str = "sha256") -> str:
     "Hex digest of a string (used for fingerprints of configs and parameters)."
     return hashlib.new(algo, s.encode()).hexdigest()
+
+# %% ../nbs/00_core.ipynb #496823c4
+LIGHT_WHOLE_BYTES = 64 << 20  # files up to this size are hashed whole by `light_checksum`
+LIGHT_CHUNK = 1 << 20  # each sampled chunk of a bigger file
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors format's own limit on its JSON header
+
+# %% ../nbs/00_core.ipynb #d9540d0b
+def safetensors_header_length(path) -> int:
+    "Bytes of a safetensors file's length prefix and JSON header; 0 for other files or an implausible length."
+    path = Path(path)
+    if path.suffix != ".safetensors" or path.stat().st_size < 8:
+        return 0
+    with open(path, "rb") as f:
+        n = 8 + int.from_bytes(f.read(8), "little")
+    return n if n <= min(path.stat().st_size, SAFETENSORS_MAX_HEADER) else 0
+
+# %% ../nbs/00_core.ipynb #b70d42a5
+def sampled_ranges(size: int, head: int = 0, chunk: int = LIGHT_CHUNK) -> list[tuple[int, int]]:
+    """(offset, length) ranges a light checksum reads of a file of `size` bytes: the head (at least `chunk`,
+    longer to cover a safetensors header of `head` bytes), a chunk at the middle and the last chunk."""
+    head = min(max(head, chunk), size)
+    middle = max(0, (size - chunk) // 2)
+    return [(0, head), (middle, min(chunk, size)), (max(0, size - chunk), min(chunk, size))]
+
+# %% ../nbs/00_core.ipynb #b673b08e
+def light_file_checksum(path, whole_bytes: int = LIGHT_WHOLE_BYTES) -> str:
+    "md5 of a file up to `whole_bytes`; of a bigger one, md5 of its size, mtime_ns and sampled ranges."
+    path = Path(path)
+    st = path.stat()
+    if st.st_size <= whole_bytes:
+        return file_hash(path)
+    h = hashlib.md5(f"size {st.st_size} mtime_ns {st.st_mtime_ns}\n".encode())
+    with open(path, "rb") as f:
+        for offset, length in sampled_ranges(st.st_size, safetensors_header_length(path)):
+            f.seek(offset)
+            h.update(f.read(length))
+    return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #b6740b93
+def light_checksum(path, whole_bytes: int = LIGHT_WHOLE_BYTES) -> str:
+    """Checksum of a file or folder that reads at most ~3 MiB of any file over `whole_bytes` (see the rules
+    above); a path that does not exist locally (a hub id) is returned as it is."""
+    path = Path(path)
+    if not path.exists():
+        return str(path)
+    if path.is_file():
+        return light_file_checksum(path, whole_bytes)
+    h = hashlib.md5()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path).as_posix()}\0{light_file_checksum(p, whole_bytes)}\n".encode())
+    return h.hexdigest()
+
+
+def light_read_bytes(path, whole_bytes: int = LIGHT_WHOLE_BYTES) -> int:
+    "How many bytes `light_checksum(path)` reads: its reading plan, summed over the files of a folder."
+    path = Path(path)
+    if not path.exists():
+        return 0
+    files = [path] if path.is_file() else [q for q in path.rglob("*") if q.is_file()]
+
+    def one(p):
+        size = p.stat().st_size
+        if size <= whole_bytes:
+            return size
+        head = safetensors_header_length(p)
+        return 8 * (p.suffix == ".safetensors") + sum(n for _, n in sampled_ranges(size, head))
+
+    return sum(map(one, files))
 
 # %% ../nbs/00_core.ipynb #4ecf942b
 @contextmanager
@@ -576,16 +646,16 @@ class StageRun:
         rel = os.path.relpath(path, self.run_dir)
         d[name or rel] = {
             "path": rel if not rel.startswith("..") else str(path.resolve()),
-            "md5": tree_hash(path) if checksum else None,
+            "checksum": light_checksum(path) if checksum else None,
         }
         return path
 
     def input(self, path, name=None, checksum=True):
-        "Record `path` as an input (with its checksum) and return it."
+        "Record `path` as an input (with its `light_checksum`, unless `checksum` is False) and return it."
         return self._record(self.inputs, path, name, checksum)
 
     def output(self, path, name=None, checksum=True):
-        "Record `path` as an output (with its checksum) and return it."
+        "Record `path` as an output (with its `light_checksum`, unless `checksum` is False) and return it."
         return self._record(self.outputs, path, name, checksum)
 
     @contextmanager

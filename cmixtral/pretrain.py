@@ -28,11 +28,11 @@ from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts,
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
-           'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
-           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
-           'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
-           'light_hash', 'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier',
+__all__ = ['STOP_FILE_ENV', 'light_hash', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report',
+           'check_qlora', 'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint',
+           'check_resume', 'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args',
+           'train_model', 'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset',
+           'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier',
            'main_process_first', 'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc',
            'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'main']
 
@@ -550,10 +550,7 @@ def arm_tokenizer_path(run_dir, arm: str) -> Path:
     return base_tokenizer_path(run_dir) if arm == "base-vocab" else merged_tokenizer_path(run_dir)
 
 
-def light_hash(path, max_bytes: int = 1 << 28) -> str:
-    """A hub id as it is; a local file or folder by `tree_hash`, counting only the size of files over `max_bytes` (90
-    GB of weights are not read)."""
-    return tree_hash(path, max_bytes=max_bytes)[:16] if Path(path).exists() else str(path)
+light_hash = light_checksum  # the name cmixtral.sft imports; the checksum is core's
 
 
 def prepare_arm_model(
@@ -571,8 +568,8 @@ def prepare_arm_model(
         "arm": arm,
         "pad": pad_to_multiple_of,
         "seed": seed,
-        "base": light_hash(base_model_path(run_dir)),
-        "tokenizer": light_hash(arm_tokenizer_path(run_dir, arm)),
+        "base": light_checksum(base_model_path(run_dir)),
+        "tokenizer": light_checksum(arm_tokenizer_path(run_dir, arm)),
     }
     if arm in CALIBRATED:
         src["calibration"] = {"chars": E.calib_chars, "block_size": E.block_size}
@@ -726,7 +723,7 @@ def train_arm(
     check_inputs(
         AutoConfig.from_pretrained(init), tok, d["train"], S.block_size, max(128, S.pad_to_multiple_of)
     )
-    tag = light_hash(init)
+    tag = light_checksum(init)
     model, log = train_adapter(
         init, S, tok, d["train"], d["eval"], adir / "trainer", adir / "adapter", T, S.resume, stop_after, tag
     )

@@ -1,5 +1,5 @@
 "Unit tests of core and assets that go beyond the notebooks' inline tests: real files, real CLI."
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 from cmixtral.core import *
@@ -80,3 +80,107 @@ def test_cli_bad_input_is_one_line(tmp_path):
                         "--out", str(tmp_path/"r"), "--stages", "vocabb"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown stage 'vocabb'" in r.stderr
+
+# Light checksums: what a manifest records, read in a bounded plan whatever the file's size.
+
+def _bytes_read() -> int:
+    "Bytes this process has read so far (Linux's rchar)."
+    return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+def _sparse(path, size, at=None, byte=b"\1"):
+    "A sparse file of `size` zero bytes (no disk space), with `byte` written at offset `at`."
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if at is not None:
+            f.seek(at)
+            f.write(byte)
+    return path
+
+def _rewrite_in_place(path, at, byte):
+    "Change one byte of `path` in place and put its modification time back."
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(byte)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+BIG = 4 << 30
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read with Linux's /proc/self/io")
+def test_manifest_of_a_folder_with_a_4gb_file_reads_a_bounded_plan(tmp_path):
+    model = tmp_path/"model"
+    model.mkdir()
+    (model/"config.json").write_text('{"hidden_size": 4096}')
+    _sparse(model/"model-00001-of-00001.safetensors", BIG)
+    assert light_read_bytes(model) == 8 + 3 * LIGHT_CHUNK + len('{"hidden_size": 4096}')  # length prefix, 3 chunks, JSON
+    before = _bytes_read()
+    run = StageRun(tmp_path/"run", "demo", Config({"name": "demo", "seed": 0}, "demo.yaml"))
+    run.input(model, "base")
+    m = run.finish()
+    read = _bytes_read() - before
+    assert read < 4 * LIGHT_CHUNK + 1_000_000, read      # the plan plus the manifest's own small files, not 4 GB
+    assert m["inputs"]["base"]["checksum"] == light_checksum(model)
+    assert "md5" not in m["inputs"]["base"]
+
+def test_light_checksum_of_a_big_file_copy_size_mtime_and_sampled_bytes(tmp_path):
+    a = tmp_path/"a.bin"
+    a.write_bytes(os.urandom(8 * LIGHT_CHUNK))
+    h = light_checksum(a, whole_bytes=LIGHT_CHUNK)                      # 8 MiB over a 1 MiB threshold: sampled
+    b = shutil.copy2(a, tmp_path/"b.bin")                              # a copy that keeps the modification time
+    assert light_checksum(b, whole_bytes=LIGHT_CHUNK) == h
+    for at in (0, 4 * LIGHT_CHUNK, 8 * LIGHT_CHUNK - 1):                # a byte in each sampled chunk
+        c = shutil.copy2(a, tmp_path/f"c{at}.bin")
+        _rewrite_in_place(c, at, bytes([a.read_bytes()[at] ^ 1]))
+        assert light_checksum(c, whole_bytes=LIGHT_CHUNK) != h, at
+    st = os.stat(a)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns + 1))              # same bytes, rewritten later
+    assert light_checksum(b, whole_bytes=LIGHT_CHUNK) != h
+    os.truncate(b, 8 * LIGHT_CHUNK + 1)                                 # longer
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert light_checksum(b, whole_bytes=LIGHT_CHUNK) != h
+
+def test_sampled_chunks_of_a_4gb_sparse_file_are_read(tmp_path):
+    st = os.stat(_sparse(tmp_path/"ref.bin", BIG))
+    for at in (0, BIG // 2 - LIGHT_CHUNK // 2 + 7, BIG - 1):           # a byte in each sampled chunk
+        c = _sparse(tmp_path/f"c{at}.bin", BIG)
+        os.utime(c, ns=(st.st_atime_ns, st.st_mtime_ns))
+        h0 = light_checksum(c)
+        _rewrite_in_place(c, at, b"\7")
+        assert light_checksum(c) != h0, at
+
+def test_light_checksum_does_not_see_an_unsampled_byte_changed_in_place(tmp_path):
+    "The documented trade-off: a byte outside the sampled chunks, changed with the mtime put back, goes unseen."
+    a = _sparse(tmp_path/"a.bin", BIG)
+    h = light_checksum(a)
+    _rewrite_in_place(a, BIG // 4, b"\7")
+    assert light_checksum(a) == h
+
+def test_light_checksum_hashes_small_files_whole(tmp_path):
+    "A rebuilt adapter of the same size with different bytes changes the checksum; small files: their md5."
+    d = tmp_path/"adapter"
+    d.mkdir()
+    f = d/"adapter_model.safetensors"
+    f.write_bytes(b"x" * 1000)
+    h = light_checksum(d)
+    assert h == tree_hash(d) and light_checksum(f) == file_hash(f)
+    st = os.stat(f)
+    f.write_bytes(b"x" * 999 + b"y")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert light_checksum(d) != h
+
+def test_light_checksum_covers_a_long_safetensors_header(tmp_path):
+    "A header longer than the head chunk is read whole: a change at its end is seen."
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    header = header.ljust(3 * LIGHT_CHUNK)
+    p = tmp_path/"model.safetensors"
+    with open(p, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(BIG)
+    assert safetensors_header_length(p) == 8 + len(header)
+    assert light_read_bytes(p) == 8 + 8 + len(header) + 2 * LIGHT_CHUNK
+    h = light_checksum(p)
+    _rewrite_in_place(p, 8 + len(header) - 1, b"!")                   # the header's last byte
+    assert light_checksum(p) != h
+
+def test_light_checksum_of_a_hub_id_is_itself():
+    assert light_checksum("mistralai/Mixtral-8x7B-v0.1") == "mistralai/Mixtral-8x7B-v0.1"

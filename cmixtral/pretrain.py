@@ -28,13 +28,13 @@ from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts,
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['STOP_FILE_ENV', 'light_hash', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report',
-           'check_qlora', 'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint',
-           'check_resume', 'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args',
-           'train_model', 'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset',
-           'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier',
-           'main_process_first', 'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc',
-           'curve', 'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'main']
+__all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
+           'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
+           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
+           'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
+           'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
+           'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc', 'curve', 'plot_arms',
+           'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -548,9 +548,6 @@ def block_dataset(texts: list[str], tok, block_size: int):
 def arm_tokenizer_path(run_dir, arm: str) -> Path:
     "Mixtral's tokenizer for the base-vocab arm, the merged tokenizer for the others."
     return base_tokenizer_path(run_dir) if arm == "base-vocab" else merged_tokenizer_path(run_dir)
-
-
-light_hash = light_checksum  # the name cmixtral.sft imports; the checksum is core's
 
 
 def prepare_arm_model(

@@ -29,7 +29,7 @@ from cmixtral.checkpoint import (
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
 from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
-from .pretrain import TrainingStopped, barrier, light_hash, main_process_first, process_rank
+from .pretrain import TrainingStopped, barrier, main_process_first, process_rank
 from .pretrain import train_adapter
 
 # %% auto #0
@@ -379,7 +379,7 @@ def prepare_sft_base(run_dir, S: SftConfig) -> dict:
     if adapter is None:
         return {"which": which, "base": model, "model": model, "adapter": None}
     out = sft_dir(run_dir) / "base"
-    src = {"model": str(model), "adapter_md5": tree_hash(adapter)}
+    src = {"model": str(model), "adapter": light_checksum(adapter)}
     if not ((out / "merged_from.json").exists() and read_json(out / "merged_from.json") == src):
         merge_adapter(model, adapter, out, S.max_shard_size)
         check_merge(model, adapter, out)  # tensor by tensor, one shard at a time
@@ -421,7 +421,16 @@ def train_sft(run_dir, S: SftConfig, tok, base, train_ds, eval_ds, max_steps: in
     T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
     d = sft_dir(run_dir)
     return train_adapter(
-        base, S, tok, train_ds, eval_ds, d / "checkpoints", d / "adapter", T, S.resume, tag=light_hash(base)
+        base,
+        S,
+        tok,
+        train_ds,
+        eval_ds,
+        d / "checkpoints",
+        d / "adapter",
+        T,
+        S.resume,
+        tag=light_checksum(base),
     )
 
 # %% ../nbs/50_sft.ipynb #b0c00acb

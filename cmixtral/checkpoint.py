@@ -11,12 +11,14 @@ import torch
 from .core import *
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'PURPOSES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_FIXED', 'NATIVE_LAYER', 'QuantSettings',
-           'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules', 'device_map', 'load_mixtral_tokenizer',
-           'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model', 'size_bytes', 'stored_dtype',
-           'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes', 'read_adapter', 'check_adapter_fits',
-           'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter', 'lora_model',
-           'perturb_adapter', 'tensor_files', 'expected_merged', 'check_merge', 'dequantize_to_dir', 'merge_peak_bytes',
+__all__ = ['LORA_TARGETS', 'PURPOSES', 'EMBED', 'HEAD', 'ST_DTYPES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_FIXED',
+           'NATIVE_LAYER', 'QuantSettings', 'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules',
+           'device_map', 'load_mixtral_tokenizer', 'check_vocab', 'check_model_dir', 'load_model', 'load_pair',
+           'save_model', 'size_bytes', 'stored_dtype', 'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes',
+           'model_folder', 'safetensors_header', 'tensor_files', 'read_tensors', 'token_matrices_model', 'copy_bytes',
+           'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows', 'grow_model', 'read_adapter',
+           'check_adapter_fits', 'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter',
+           'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge', 'dequantize_to_dir', 'merge_peak_bytes',
            'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params',
            'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
 
@@ -315,6 +317,181 @@ def tensor_shapes(model_dir) -> dict[str, tuple]:
                 out[k] = tuple(s.get_slice(k).get_shape())
     return out
 
+# %% ../nbs/45_checkpoint.ipynb #4f6eef16
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"  # the two tensors with one row per token
+
+
+def model_folder(base) -> Path:
+    "The local folder of `base`: a folder as it is, or a hub id's snapshot (config and safetensors only)."
+    if Path(base).exists():
+        check_model_dir(base)
+        return Path(base)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(base), allow_patterns=["*.json", "*.safetensors"]))
+
+# %% ../nbs/45_checkpoint.ipynb #1e2fba84
+def safetensors_header(path) -> tuple[dict, int]:
+    "(JSON header, byte offset where the data starts) of a safetensors file."
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)), 8 + n
+
+
+def tensor_files(model_dir) -> dict[str, Path]:
+    "{tensor name: the safetensors file that holds it} of an HF model directory, from the shard headers."
+    return {k: f for f in shard_files(model_dir) for k in safetensors_header(f)[0] if k != "__metadata__"}
+
+
+def read_tensors(model_dir, names, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    "The tensors `names` of an HF model directory (as stored, or as `dtype`), read from their shards alone."
+    from safetensors import safe_open
+
+    where, out = tensor_files(model_dir), {}
+    missing = [n for n in names if n not in where]
+    if missing:
+        fail(f"{model_dir}: no tensor {missing[0]} in its safetensors")
+    for n in names:
+        with safe_open(str(where[n]), "pt") as s:
+            t = s.get_tensor(n)
+        out[n] = t if dtype is None else t.to(dtype)
+    return out
+
+# %% ../nbs/45_checkpoint.ipynb #31d6e702
+def token_matrices_model(base):
+    "`base`'s architecture on the meta device, only embed_tokens and lm_head real (float32, from its shards)."
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = model_folder(base)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    W = read_tensors(folder, [EMBED] + ([HEAD] if HEAD in tensor_files(folder) else []), torch.float32)
+    model.get_input_embeddings().weight = torch.nn.Parameter(W[EMBED])
+    if HEAD in W:
+        model.get_output_embeddings().weight = torch.nn.Parameter(W[HEAD])
+    else:
+        model.tie_weights()
+    return model
+
+# %% ../nbs/45_checkpoint.ipynb #534487ae
+ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def copy_bytes(src, dst, start: int, n: int, block: int = 1 << 24):
+    "Copy `n` bytes from offset `start` of the open file `src` to the open file `dst`, a block at a time."
+    src.seek(start)
+    while n > 0:
+        b = src.read(min(block, n))
+        dst.write(b)
+        n -= len(b)
+
+
+def tensor_bytes(rows: torch.Tensor, st_dtype: str) -> bytes:
+    "The bytes of `rows` in the safetensors dtype `st_dtype` (little-endian, row-major)."
+    if st_dtype not in ST_DTYPES:
+        fail(f"cannot append rows to a tensor stored as {st_dtype} (use one of {', '.join(ST_DTYPES)})")
+    return rows.detach().to("cpu", ST_DTYPES[st_dtype]).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def grow_shard(src, dst, rows: dict[str, torch.Tensor]) -> int:
+    "Write shard `src` to `dst` with `rows` appended to its tensors of those names; returns the bytes added."
+    header, start = safetensors_header(src)
+    meta = header.pop("__metadata__", None)
+    order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    new = {k: tensor_bytes(rows[k], header[k]["dtype"]) for k in order if k in rows}
+    out, pos = ({"__metadata__": meta} if meta is not None else {}), 0
+    for k in order:
+        a, b = header[k]["data_offsets"]
+        shape = (
+            [header[k]["shape"][0] + len(rows[k]), *header[k]["shape"][1:]]
+            if k in new
+            else header[k]["shape"]
+        )
+        out[k] = {
+            "dtype": header[k]["dtype"],
+            "shape": shape,
+            "data_offsets": [pos, pos + b - a + len(new.get(k, b""))],
+        }
+        pos = out[k]["data_offsets"][1]
+    text = json.dumps(out, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(len(text).to_bytes(8, "little") + text)
+        for k in order:
+            a, b = header[k]["data_offsets"]
+            copy_bytes(f, g, start + a, b - a)
+            g.write(new.get(k, b""))
+    return sum(map(len, new.values()))
+
+# %% ../nbs/45_checkpoint.ipynb #929a605c
+def link_or_copy(src, dst) -> str:
+    "Hard-link file `src` (symlinks followed, as in the hub cache) to `dst`, or copy it across filesystems."
+    src = Path(src).resolve()
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        shutil.copyfile(src, dst)
+        return "copied"
+
+
+def check_rows(folder, rows: dict) -> int:
+    "The number of new rows, after checking `rows` has as many for both token matrices, of `folder`'s width."
+    if not rows:
+        return 0
+    shapes = tensor_shapes(folder)
+    if HEAD not in shapes or read_json(Path(folder) / "config.json").get("tie_word_embeddings"):
+        fail(
+            f"{folder}: lm_head is tied to embed_tokens; grow_model grows untied models only (as Mixtral is)"
+        )
+    if set(rows) != {EMBED, HEAD}:
+        fail(f"grow_model needs new rows for {EMBED} and {HEAD}, got {sorted(rows)}")
+    n = {len(r) for r in rows.values()}
+    if len(n) > 1:
+        fail(f"embed_tokens and lm_head need the same number of new rows, got {sorted(n)}")
+    for k, r in rows.items():
+        if r.dim() != 2 or r.shape[1] != shapes[k][1]:
+            fail(f"new rows for {k} have shape {tuple(r.shape)}, the base's rows have {shapes[k][1]} columns")
+    return n.pop()
+
+
+def grow_model(
+    base, out_dir, rows: dict[str, torch.Tensor], tokenizer=None, extra: dict | None = None
+) -> Path:
+    """Write `base` (folder or hub id) to `out_dir` with `rows` appended to embed_tokens and lm_head: their
+    shards rewritten, the others linked; config, index, tokenizer, `extra` ({name: JSON}) beside. Atomic."""
+    folder = model_folder(base)
+    n_new, where = check_rows(folder, rows), tensor_files(folder)
+    cfg, n_rows = read_json(folder / "config.json"), tensor_shapes(folder)[EMBED][0]
+    if rows and cfg.get("vocab_size") != n_rows:
+        fail(f"{folder}: config vocab_size {cfg.get('vocab_size')} is not its {n_rows} embedding rows")
+    grown = {where[k] for k in rows}
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        added = 0
+        for f in shard_files(folder):
+            if f in grown:
+                added += grow_shard(f, tmp / f.name, {k: v for k, v in rows.items() if where[k] == f})
+            else:
+                link_or_copy(f, tmp / f.name)
+        write_json(
+            tmp / "config.json", {**cfg, "vocab_size": cfg.get("vocab_size", 0) + n_new} if rows else cfg
+        )
+        if (folder / "generation_config.json").exists():
+            shutil.copy(folder / "generation_config.json", tmp / "generation_config.json")
+        if (folder / "model.safetensors.index.json").exists():
+            idx = read_json(folder / "model.safetensors.index.json")
+            idx["metadata"] = {
+                **idx.get("metadata", {}),
+                "total_size": idx.get("metadata", {}).get("total_size", 0) + added,
+            }
+            write_json(tmp / "model.safetensors.index.json", idx)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            write_json(Path(tmp) / name, obj)
+    return Path(out_dir)
+
 # %% ../nbs/45_checkpoint.ipynb #84fb8ed7
 PEFT_PREFIX = "base_model.model."  # how peft names the wrapped model's tensors in a saved adapter
 
@@ -449,17 +626,6 @@ def perturb_adapter(model, std: float = 0.05, seed: int = 1):
     return model
 
 # %% ../nbs/45_checkpoint.ipynb #4852ab4f
-def tensor_files(model_dir) -> dict[str, Path]:
-    "{tensor name: the safetensors file holding it} of an HF model directory, from the shard headers."
-    from safetensors import safe_open
-
-    out = {}
-    for f in shard_files(model_dir):
-        with safe_open(str(f), "pt") as s:
-            out.update(dict.fromkeys(s.keys(), f))
-    return out
-
-
 def expected_merged(w: torch.Tensor, part) -> torch.Tensor:
     "What a merge must write for base tensor `w` and adapter `part`, in float32: W, the trained copy, or W + s·B·A."
     if part is None:

@@ -5,18 +5,27 @@
 # %% ../nbs/20_embed_init.ipynb #62fb02aa
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .core import *
 from .assets import base_model_path, base_tokenizer_path, bits_per_char, load_texts, pack_documents
-from .checkpoint import load_mixtral_tokenizer, load_model, save_model
+from cmixtral.checkpoint import (
+    EMBED,
+    HEAD,
+    grow_model,
+    load_mixtral_tokenizer,
+    load_model,
+    token_matrices_model,
+)
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['METHODS', 'CALIBRATED', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model', 'mean_of_rows',
-           'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head', 'rest_of_spelling_logprob',
-           'lower_new_rows', 'embed_init', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
+__all__ = ['METHODS', 'CALIBRATED', 'NEEDS_MODEL', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model',
+           'mean_of_rows', 'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head',
+           'rest_of_spelling_logprob', 'lower_new_rows', 'embed_init', 'grown_rows', 'kept_token_matrices',
+           'rows_appended', 'init_rows', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
            'choose_method', 'calibration_texts', 'init_model_path']
 
 # %% ../nbs/20_embed_init.ipynb #d7763ace
@@ -263,6 +272,78 @@ def embed_init(
             model, new_tok, calib_texts["zh"], n_old, len(new_tok), u, block_size, h=hs["zh"]
         )
     return out
+
+# %% ../nbs/20_embed_init.ipynb #1e54e9b6
+NEEDS_MODEL = CALIBRATED  # methods whose rows need forward passes through the whole base
+
+
+def grown_rows(model, n_old: int) -> dict[str, torch.Tensor]:
+    "Copies (on the CPU) of rows n_old, n_old+1, … of a grown `model`'s embed_tokens and lm_head, by name."
+    W = _matrices(model)
+    if len(W) == 1:
+        fail("grown_rows needs an untied lm_head (a tied model shares it with embed_tokens)")
+    return {name: w[n_old:].detach().to("cpu", copy=True) for name, w in zip((EMBED, HEAD), W)}
+
+
+@contextmanager
+def kept_token_matrices(model):
+    "Inside the block `model`'s embed_tokens and lm_head may be resized or replaced; after it they are back."
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    saved = (
+        (emb.weight, emb.weight.data, emb.num_embeddings),
+        (head.weight, head.weight.data, head.out_features),
+    )
+    vocab = model.config.vocab_size
+    try:
+        yield model
+    finally:  # transformers' resize may swap the modules, or only their parameters' data
+        model.set_input_embeddings(emb)
+        model.set_output_embeddings(head)
+        for mod, (param, data, n) in zip((emb, head), saved):
+            mod.weight = param
+            mod.weight.data = data
+        emb.num_embeddings, head.out_features = saved[0][2], saved[1][2]
+        model.config.vocab_size = model.vocab_size = vocab
+
+# %% ../nbs/20_embed_init.ipynb #c3d49221
+@contextmanager
+def rows_appended(model, rows: dict[str, torch.Tensor]):
+    "`model` with `rows` ({EMBED: …, HEAD: …}) appended to embed_tokens and lm_head inside the block."
+    if len(_matrices(model)) == 1:
+        fail("rows_appended needs an untied lm_head (a tied model shares it with embed_tokens)")
+    with kept_token_matrices(model):
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        for mod, name in ((emb, EMBED), (head, HEAD)):
+            W = mod.weight
+            mod.weight = torch.nn.Parameter(torch.cat([W.detach(), rows[name].to(W)]), requires_grad=False)
+        emb.num_embeddings = head.out_features = model.config.vocab_size = emb.weight.shape[0]
+        model.vocab_size = model.config.vocab_size
+        yield model
+
+# %% ../nbs/20_embed_init.ipynb #82952117
+def init_rows(
+    base,
+    old_tok,
+    new_tok,
+    method: str = "mean",
+    pad_to_multiple_of: int = 0,
+    chunk: int = 1024,
+    calib_texts: dict | None = None,
+    block_size: int = 256,
+    model=None,
+) -> tuple[dict, dict]:
+    """(new rows of embed_tokens and lm_head by name, `embed_init`'s summary) of `base` (folder or hub id)
+    by `method`: from its two matrices alone, or for NEEDS_MODEL through `model` (the loaded base, left as
+    it was; None: load it in float32)."""
+    if method not in METHODS:
+        fail(f"unknown init method '{method}' (use one of {', '.join(METHODS)})")
+    if method in NEEDS_MODEL:
+        m = model if model is not None else load_model(base, dtype="float32")
+    else:
+        m = token_matrices_model(base)
+    with kept_token_matrices(m):
+        summary = embed_init(m, old_tok, new_tok, method, pad_to_multiple_of, chunk, calib_texts, block_size)
+        return grown_rows(m, summary["old_tokens"]), summary
 
 # %% ../nbs/20_embed_init.ipynb #c2e008c7
 def peak_extra_bytes(

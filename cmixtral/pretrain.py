@@ -18,13 +18,15 @@ from cmixtral.checkpoint import (
     check_vocab,
     stored_dtype,
     compute_dtype,
+    grow_model,
+    link_or_copy,
     load_mixtral_tokenizer,
 )
 from .checkpoint import load_model
 from .checkpoint import save_model
 from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_mixture, read_registry
 from .data import registry_path
-from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, embed_init
+from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, init_rows
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
@@ -577,16 +579,14 @@ def prepare_arm_model(
     ):
         return out_dir
     seed_everything(seed)
-    model = load_model(base_model_path(run_dir), dtype="float32")
-    old_tok, tok = (
-        load_mixtral_tokenizer(base_tokenizer_path(run_dir)),
-        load_mixtral_tokenizer(arm_tokenizer_path(run_dir, arm)),
-    )
+    base, tok = base_model_path(run_dir), load_mixtral_tokenizer(arm_tokenizer_path(run_dir, arm))
+    rows = {}  # base-vocab: the base as it is (its shards linked)
     if arm != "base-vocab":
+        old_tok = load_mixtral_tokenizer(base_tokenizer_path(run_dir))
         calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
-        embed_init(model, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
-    model.to(stored_dtype(base_model_path(run_dir)))  # computed in float32, stored as the base is
-    return save_model(model, out_dir, tok, extra={"source.json": src})
+        rows, _ = init_rows(base, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
+    # rows computed in float32, appended in the base's stored dtype; the other tensors are the base's bytes
+    return grow_model(base, out_dir, rows, tok, extra={"source.json": src})
 
 # %% ../nbs/40_pretrain.ipynb #92fc0f19
 def arm_data(run_dir, cfg: Config, S: PretrainConfig, tok) -> dict:

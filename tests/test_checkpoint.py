@@ -1,8 +1,9 @@
 "Checkpoints: one 4-bit model everywhere, the streaming merge against peft's, the wrong base, MixtralKit's layout."
 import json
+from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from cmixtral.core import CmixtralError
+from cmixtral.core import CmixtralError, read_json
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
 from cmixtral.checkpoint import *
 from cmixtral.evaluate import EvalConfig, eval_quant, lm_eval_model, load_model as eval_load_model
@@ -106,3 +107,81 @@ def test_placement_and_vocabulary_errors(small, tmp_path):
         load_pair(tmp_path/"narrow", tokenizer=small)
     with pytest.raises(CmixtralError, match="not a Hugging Face model directory"):
         load_model(tmp_path)
+
+def _sharded(small, out, max_shard_size="300kB"):
+    "The small base cut into several shards (with its config), as Mixtral-8x7B's 19 are."
+    w = ShardWriter(out, max_shard_size)
+    for k, v in iter_tensors(small):
+        w.add(k, v)
+    w.close()
+    copy_model_files(small, out)
+    return out
+
+def _raw(path, name):
+    h, start = safetensors_header(path)
+    a, b = h[name]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + a)
+        return f.read(b - a)
+
+def test_grow_model_edits_two_tensors_and_links_the_other_shards(small, tok, tmp_path):
+    base = _sharded(small, tmp_path/"base")
+    rows = {EMBED: torch.randn(7, 64), HEAD: torch.randn(7, 64)}
+    grow_model(base, tmp_path/"grown", rows, tok, extra={"source.json": {"x": 1}})
+    out, where = tmp_path/"grown", tensor_files(base)
+    assert read_json(out/"config.json")["vocab_size"] == 32007 and read_json(out/"source.json") == {"x": 1}
+    got = dict(iter_tensors(out))
+    for k in (EMBED, HEAD):
+        assert torch.equal(got[k], torch.cat([load_file(str(where[k]))[k], rows[k]]))
+    for k, f in where.items():                                   # every other tensor: the base's bytes
+        if k not in (EMBED, HEAD):
+            assert _raw(f, k) == _raw(out/f.name, k)
+    grown_files = {where[EMBED].name, where[HEAD].name}
+    for f in shard_files(base):                                  # the other shards are the base's files
+        assert (f.stat().st_ino == (out/f.name).stat().st_ino) == (f.name not in grown_files)
+    idx, idx0 = (read_json(d/"model.safetensors.index.json") for d in (out, base))
+    assert idx["weight_map"] == idx0["weight_map"]
+    assert idx["metadata"]["total_size"] == idx0["metadata"]["total_size"] + 2 * 7 * 64 * 4
+    m, t = load_pair(out)
+    assert m.config.vocab_size == 32007 and len(t) == 32000     # the tokenizer passed (here the old one)
+    grow_model(base, tmp_path/"same", {})                        # no rows: the base itself, every shard linked
+    assert all(f.stat().st_ino == (tmp_path/"same"/f.name).stat().st_ino for f in shard_files(base))
+
+def test_grow_model_keeps_the_stored_dtype_and_refuses_bad_rows(tmp_path):
+    spec = BaseModelSpec(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
+    save_model(build_tiny_mixtral(spec, vocab_size=512).to(torch.bfloat16), tmp_path/"bf16")
+    rows = {EMBED: torch.randn(3, 32), HEAD: torch.randn(3, 32)}
+    grow_model(tmp_path/"bf16", tmp_path/"g", rows)
+    got = dict(iter_tensors(tmp_path/"g"))
+    assert got[HEAD].dtype == torch.bfloat16 and torch.equal(got[HEAD][512:], rows[HEAD].bfloat16())
+    (tmp_path/"out").mkdir()
+    (tmp_path/"out"/"keep.txt").write_text("old")
+    for bad, msg in (({EMBED: rows[EMBED]}, "needs new rows for"),
+                     ({EMBED: rows[EMBED], HEAD: rows[HEAD][:1]}, "same number of new rows"),
+                     ({EMBED: torch.zeros(3, 8), HEAD: torch.zeros(3, 8)}, "have 32 columns")):
+        with pytest.raises(CmixtralError, match=msg):
+            grow_model(tmp_path/"bf16", tmp_path/"out", bad)
+    assert [p.name for p in (tmp_path/"out").iterdir()] == ["keep.txt"]
+    tied = build_tiny_mixtral(spec, vocab_size=512)
+    tied.config.tie_word_embeddings = True
+    tied.tie_weights()
+    save_model(tied, tmp_path/"tied")
+    with pytest.raises(CmixtralError, match="lm_head is tied to embed_tokens"):
+        grow_model(tmp_path/"tied", tmp_path/"out", rows)
+
+def test_grow_model_from_a_hub_id_offline(small, tmp_path):
+    "A hub id resolves to its cached snapshot; the output links the cache's blobs, not the snapshot's symlinks."
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hub_cache import cache_model_dir, repo_dir, run_offline
+    home = tmp_path/"hf"
+    cache_model_dir(home, "org/tiny-mixtral", _sharded(small, tmp_path/"base"))
+    code = ("import torch; from cmixtral.checkpoint import *; "
+            f"grow_model('org/tiny-mixtral', {str(tmp_path/'out')!r}, "
+            "{EMBED: torch.zeros(2, 64), HEAD: torch.zeros(2, 64)}); print('ok')")
+    r = run_offline(home, code)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+    blobs = {p.stat().st_ino for p in (repo_dir(home, "org/tiny-mixtral")/"blobs").iterdir()}
+    linked = [p for p in (tmp_path/"out").glob("*.safetensors") if p.stat().st_ino in blobs]
+    assert len(linked) == len(list((tmp_path/"out").glob("*.safetensors"))) - 2
+    assert read_json(tmp_path/"out"/"config.json")["vocab_size"] == 32002

@@ -4,10 +4,12 @@ from pathlib import Path
 import pytest, torch
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from cmixtral.core import CmixtralError, Config, StageRun
+from cmixtral.core import CmixtralError, Config, StageRun, read_json, seed_everything
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
-from cmixtral.checkpoint import load_mixtral_tokenizer
+from cmixtral.checkpoint import (EMBED, HEAD, grow_model, iter_tensors, load_mixtral_tokenizer, load_model,
+                                 safetensors_header, save_model, stored_dtype, token_matrices_model)
 from cmixtral.embed_init import (METHODS, bias_direction, check_extends, embed_init, final_hidden, init_model_path,
+                                 init_rows, rows_appended,
                                  new_token_mass, peak_extra_bytes, rest_of_spelling_logprob, spell_new_tokens)
 
 NEW_PIECES = ["中国", "人民", "中国人民", "龘", "经济发展", "▁北京", "的发展"]
@@ -163,3 +165,59 @@ def test_run_dir_readers(tmp_path):
 def test_peak_memory_full_scale():
     pm = peak_extra_bytes(32000, 57024, 4096, 2, 1024)
     assert pm["peak_bytes"] == pm["resize_bytes"] == 57024 * 4096 * 2     # ~446 MiB: one grown bf16 matrix
+
+def _raw(path, name):
+    h, start = safetensors_header(path)
+    a, b = h[name]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + a)
+        return f.read(b - a)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["mean", "normal"])
+def test_grown_model_equals_the_loaded_initialised_and_saved_one(toks, base, tmp_path, dtype, method):
+    "grow_model from init_rows writes what loading the base, embed_init and save_model wrote, bit for bit."
+    old, new = toks
+    save_model(copy.deepcopy(base).to(dtype), tmp_path/"base")
+    seed_everything(3)                                         # the old way: load in float32, initialise, save
+    m = load_model(tmp_path/"base", dtype="float32")
+    embed_init(m, old, new, method, 64)
+    save_model(m.to(stored_dtype(tmp_path/"base")), tmp_path/"loaded", new)
+    seed_everything(3)                                         # the new way: rows from the two matrices
+    rows, summary = init_rows(tmp_path/"base", old, new, method, 64)
+    grow_model(tmp_path/"base", tmp_path/"grown", rows, new)
+    a, b = dict(iter_tensors(tmp_path/"loaded")), dict(iter_tensors(tmp_path/"grown"))
+    assert sorted(a) == sorted(b) and summary["rows"] == 32064
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype == dtype for k in a)
+    f0, f1 = tmp_path/"base"/"model.safetensors", tmp_path/"grown"/"model.safetensors"
+    assert all(_raw(f0, k) == _raw(f1, k) for k in a if k not in (EMBED, HEAD))   # untouched: the base's bytes
+    assert _raw(f1, EMBED).startswith(_raw(f0, EMBED)) and _raw(f1, HEAD).startswith(_raw(f0, HEAD))
+    assert read_json(tmp_path/"grown"/"config.json")["vocab_size"] == 32064
+    assert load_mixtral_tokenizer(tmp_path/"grown")(TEXT).input_ids == new(TEXT).input_ids
+
+def test_rows_need_no_model_except_for_calibration(toks, base, tmp_path):
+    old, new = toks
+    base.save_pretrained(tmp_path/"base")
+    m = token_matrices_model(tmp_path/"base")
+    assert m.model.layers[0].self_attn.q_proj.weight.is_meta and not m.lm_head.weight.is_meta
+    rows, _ = init_rows(tmp_path/"base", old, new, "global_mean", 0)
+    assert torch.allclose(rows[HEAD], base.lm_head.weight.mean(0).expand(len(new) - 32000, -1), atol=1e-6)
+    with pytest.raises(CmixtralError, match="unknown init method 'lecun'"):
+        init_rows(tmp_path/"nowhere", old, new, "lecun")
+
+def test_calibrated_rows_through_a_loaded_model_leave_it_as_it_was(toks, base):
+    old, new = toks
+    calib = {"zh": [TEXT * 40], "en": [EN * 5]}
+    m = copy.deepcopy(base)
+    w_emb, w_head = m.model.embed_tokens.weight, m.lm_head.weight
+    rows, r = init_rows(None, old, new, "mean_calibrated", 64, calib_texts=calib, block_size=32, model=m)
+    assert m.model.embed_tokens.weight is w_emb and m.lm_head.weight is w_head
+    assert m.config.vocab_size == 32000 and torch.equal(m.lm_head.weight, base.lm_head.weight)
+    ref = copy.deepcopy(base)
+    r_ref = embed_init(ref, old, new, "mean_calibrated", 64, calib_texts=calib, block_size=32)
+    assert r["calibration"] == r_ref["calibration"]
+    ids = new(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad(), rows_appended(m, rows):
+        assert m.config.vocab_size == 32064 and torch.equal(m.lm_head.weight, ref.lm_head.weight)
+        assert torch.equal(m(input_ids=ids).logits, ref.eval()(input_ids=ids).logits)
+    assert m.lm_head.weight is w_head and m.lm_head.out_features == 32000 and m.config.vocab_size == 32000

@@ -1,23 +1,25 @@
-"""Planner vs measured: the memory items of QLoRA pretraining (nbs/81_memory), measured on CPU on a small Mixtral.
+"""Planner vs measured: the memory items of QLoRA pretraining (nbs/81_memory), measured on CPU, small Mixtral.
 
-    PYTHONPATH=. python3 bench/memory_check.py [--config configs/mixtral-8x7b.yaml] [--hidden 1024] [--layers 6]
-                                               [--tokens 512] [--out bench/out/memory_check.csv]
+    PYTHONPATH=. python3 bench/memory_check.py [--config configs/mixtral-8x7b.yaml] [--hidden 768]
+                                               [--layers 4] [--tokens 256] [--out bench/out/memory_check.csv]
 
-Builds a Mixtral with Mixtral-8x7B's structure (8 experts, top-2, head dim 128, 4 query heads per KV head, the
-57,000-piece vocabulary) at a size that runs in minutes here (0.58 GB in bf16 by default), saves it, loads it the way pretraining does
+Builds a Mixtral with Mixtral-8x7B's structure (8 experts, top-2, head dim 128, the 57,000-piece vocabulary)
+at a size that runs in minutes here (0.58 GB in bf16 by default), saves it, loads it the way pretraining does
 (cmixtral.pretrain.load_qlora_model with the config's pretrain section: NF4 + double quantisation, LoRA,
 modules_to_save; sdpa attention), then measures each item the planner lists:
 
 - NF4 codes and quant state: bytes of every bitsandbytes Params4bit and of its quant_state tensors;
 - gates + norms, embed_tokens/lm_head frozen originals and trainable copies, LoRA A/B: parameter bytes;
-- activations: bytes of the tensors autograd saves for backward (torch.autograd.graph.saved_tensors_hooks, each
-  storage once, parameters excluded), per decoder layer without gradient checkpointing, and the layer inputs the
-  checkpoints keep with it (use_reentrant=False, as pretraining runs it);
+- activations: bytes of the tensors autograd saves for backward (torch.autograd.graph.saved_tensors_hooks,
+  each storage once, parameters excluded), per decoder layer without gradient checkpointing, and what stays
+  saved outside the layers with it (use_reentrant=False, as pretraining runs it);
+- autocast copies: the bf16 casts of trainable weights among the saved tensors;
 - logits: the logits tensor, the V-wide tensors the loss saves, the largest V-wide gradient in backward;
 - gradients after one backward, optimizer states after one paged 8-bit AdamW step.
 
-One step runs under bf16 autocast on CPU, as the Trainer's bf16 runs on GPUs. Then the planner (`qlora_memory`) is
-evaluated at the same sizes, and both are printed side by side with their ratio, and written as CSV.
+One step runs under bf16 autocast on CPU, as the Trainer's bf16 runs on GPUs. Then the planner
+(`qlora_memory`) is evaluated at the same sizes, and both are printed side by side with their ratio, and
+written as CSV.
 A benchmark, not a test.
 """
 
@@ -32,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-NOT_ON_CPU = (  # GPU-side allocations a CPU run cannot measure (the planner's overhead row assumes the first two)
+# GPU-side allocations a CPU run cannot measure (the planner's overhead row assumes the first two)
+NOT_ON_CPU = (
     "CUDA context and kernels' workspaces (not on CPU)",
     "caching allocator's fragmentation (not on CPU)",
     "DeepSpeed/NCCL gradient buckets (not planned, not on CPU)",
@@ -71,7 +74,7 @@ def bench_model_config(a):
 
 
 def save_bench_model(mc, folder):
-    "A randomly initialised bf16 model of config `mc`, saved as safetensors in `folder` (with checkpoint.save_model)."
+    "A randomly initialised bf16 model of config `mc`, saved in `folder` with checkpoint.save_model."
     from transformers import MixtralForCausalLM
 
     from cmixtral.checkpoint import save_model
@@ -138,7 +141,7 @@ def static_bytes(model) -> dict:
 
 
 def static_pointers(model) -> set:
-    "Storage addresses of every parameter, buffer and quant state: tensors saved for backward that are not activations."
+    "Storage addresses of every parameter, buffer and quant state: saved tensors that are not activations."
     ptrs = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     for mod in model.modules():
         qs = getattr(getattr(mod, "weight", None), "quant_state", None)
@@ -199,7 +202,7 @@ class SavedTensors:
 
 
 def largest_vocab_gradient(loss, logits, vocab):
-    "A list that backward fills with the bytes of the largest V-wide gradient between the loss and the logits."
+    "A list that backward fills with the bytes of the largest V-wide gradient between loss and logits."
     biggest, seen, stack = [0], set(), [loss.grad_fn]
 
     def hook(grad_inputs, grad_outputs):
@@ -231,7 +234,7 @@ def set_checkpointing(model, on: bool):
 
 
 def one_step(model, ids, vocab, checkpointing: bool, backward: bool = True) -> dict:
-    "Forward (and backward) of one sequence under bf16 autocast; bytes of saved tensors, logits and their gradient."
+    "Forward (and backward) of one sequence under bf16 autocast: saved tensors, logits, their gradient."
     set_checkpointing(model, checkpointing)
     layers = decoder_layers(model)
     rec = SavedTensors(model, layers, vocab)
@@ -301,7 +304,8 @@ def measure(a, model_dir) -> dict:
     m["logits_saved"] = plain["logits_saved"]
     m["logits_grad"] = ckpt["logits_grad"]
     print(
-        f"forward without checkpointing {plain['seconds']:.0f} s, forward+backward with it {ckpt['seconds']:.0f} s, "
+        f"forward without checkpointing {plain['seconds']:.0f} s, "
+        f"forward+backward with it {ckpt['seconds']:.0f} s, "
         f"loss {ckpt['loss']:.2f}; checkpointed run: layer inputs {ckpt['layer_inputs'] / 1e6:.2f} MB, "
         f"all saved outside the layers (inputs included once) {ckpt['kept_outside_layers'] / 1e6:.2f} MB",
         file=sys.stderr,
@@ -310,7 +314,7 @@ def measure(a, model_dir) -> dict:
 
 
 def compare(planned, measured: dict):
-    "One row per planner item: planned and measured MB and their ratio (measured '' where a CPU cannot measure it)."
+    "One row per planner item: planned and measured MB and their ratio (no measurement where a CPU has none)."
     import pandas as pd
 
     rows = []
@@ -336,8 +340,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         gb = save_bench_model(mc, Path(tmp) / "model")
         print(
-            f"bench model: hidden {mc.hidden_size}, intermediate {mc.intermediate_size}, {mc.num_hidden_layers} layers, "
-            f"{mc.num_local_experts} experts (top-{mc.num_experts_per_tok}), vocab {mc.vocab_size:,}: {gb:.2f} GB in bf16; "
+            f"bench model: hidden {mc.hidden_size}, intermediate {mc.intermediate_size}, "
+            f"{mc.num_hidden_layers} layers, {mc.num_local_experts} experts (top-{mc.num_experts_per_tok}), "
+            f"vocab {mc.vocab_size:,}: {gb:.2f} GB in bf16; "
             f"one sequence of {a.tokens} tokens",
             file=sys.stderr,
         )

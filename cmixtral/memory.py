@@ -77,9 +77,9 @@ QUANT_STATE_FIXED_BYTES = 16 * 4 + 256 * 4 + 4  # per 4-bit layer: the NF4 code,
 
 
 def activation_bytes_per_token_layer(model_config, lora_r: int = 64) -> int:
-    """Bytes one token leaves saved for backward in one decoder layer of QLoRA training, counted tensor by tensor on
-    CPU (bench/memory_check.py): the residual stream is fp32 (`prepare_model_for_kbit_training` makes the
-    embeddings fp32 and bitsandbytes returns its input's dtype), matmul inputs are cast to bf16."""
+    """Bytes one token leaves saved for backward in one decoder layer of QLoRA training, counted tensor by
+    tensor on CPU (bench/memory_check.py): the residual stream is fp32 (`prepare_model_for_kbit_training`
+    makes the embeddings fp32 and bitsandbytes returns its input's dtype), matmul inputs are cast to bf16."""
     c = model_config
     h, I, k = c.hidden_size, c.intermediate_size, c.num_experts_per_tok
     kv = c.num_key_value_heads * (h // c.num_attention_heads)
@@ -163,8 +163,8 @@ def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
 
 
 def inference_memory_4bit(model_config, compute_bytes: int = 2) -> float:
-    """GB of weights for 4-bit inference (NF4 body, gates/norms/embeddings/lm_head in the compute dtype), before
-    activations and cache."""
+    """GB of weights for 4-bit inference (NF4 body, gates/norms/embeddings/lm_head in the compute dtype),
+    before activations and cache."""
     g = param_groups(model_config, 0)
     return (
         g["quantised"] * nf4_bits() / 8
@@ -222,8 +222,9 @@ def padded_vocab(vocab: int, multiple: int = 64) -> int:
 
 
 def layer_forward_bytes(model_config, tokens: int, compute_bytes: int = 2) -> float:
-    """Working memory of one decoder layer's forward without gradients (an estimate): residual, normed input, q, k, v,
-    attention output and o_proj output, and one expert's share of the tokens through w1, w3 and their product."""
+    """Working memory of one decoder layer's forward without gradients (an estimate): residual, normed input,
+    q, k, v, attention output and o_proj output, and one expert's share of the tokens through w1, w3 and
+    their product."""
     c = model_config
     h, I = c.hidden_size, c.intermediate_size
     kv = c.num_key_value_heads * (h // c.num_attention_heads)
@@ -240,8 +241,8 @@ def inference_memory(
     compute_bytes: int = 2,
     overhead_gb: float = 1.5,
 ):
-    """Memory of the fullest GPU (the last one of a `device_map="auto"` spread, which also holds the logits) for a
-    forward pass of `batch` x `seq` tokens, one row per item."""
+    """Memory of the fullest GPU (the last one of a `device_map="auto"` spread, which also holds the logits)
+    for a forward pass of `batch` x `seq` tokens, one row per item."""
     import pandas as pd
 
     c = model_config
@@ -274,7 +275,7 @@ def inference_memory(
 
 # %% ../nbs/81_memory.ipynb #e029fe25
 def merge_memory(model_config, lora_r: int, max_shard_size="5GB"):
-    "Host memory (CPU RAM) of merging a LoRA adapter into `model_config`'s base shard by shard, one row per item."
+    "Host memory (CPU RAM) of merging a LoRA adapter into `model_config`'s base shard by shard, by item."
     import pandas as pd
     from cmixtral.checkpoint import size_bytes
 
@@ -296,8 +297,8 @@ def merge_memory(model_config, lora_r: int, max_shard_size="5GB"):
 
 # %% ../nbs/81_memory.ipynb #b053be9d
 def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
-    """One table per full-scale stage that holds the model: {stage, what, unit, table, total_gb}. `base_config` is
-    the base's MixtralConfig (its own vocabulary); `M` the resolved pretraining setup."""
+    """One table per full-scale stage that holds the model: {stage, what, unit, table, total_gb}.
+    `base_config` is the base's MixtralConfig (its own vocabulary); `M` the resolved pretraining setup."""
     c = replace_vocab(base_config, base_config.vocab_size)
     big = replace_vocab(base_config, padded_vocab(M.vocab_size))
     out = []
@@ -383,7 +384,7 @@ def replace_vocab(model_config, vocab: int):
 
 # %% ../nbs/81_memory.ipynb #1209bded
 def memory_report(config, overrides=()) -> dict:
-    "Estimated per-GPU memory of QLoRA training for `config`, the 4-bit inference weights, and every stage's table."
+    "Per-GPU memory of QLoRA training for `config`, the 4-bit inference weights, and every stage's table."
     from cmixtral.assets import (
         AssetsConfig,
         tiny_mixtral_config,

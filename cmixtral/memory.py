@@ -240,9 +240,10 @@ def inference_memory(
     load_in_4bit: bool = False,
     compute_bytes: int = 2,
     overhead_gb: float = 1.5,
+    extra: tuple = (),
 ):
     """Memory of the fullest GPU (the last one of a `device_map="auto"` spread, which also holds the logits)
-    for a forward pass of `batch` x `seq` tokens, one row per item."""
+    for a forward pass of `batch` x `seq` tokens, one row per item (`extra`: more (key, item, bytes) rows)."""
     import pandas as pd
 
     c = model_config
@@ -267,6 +268,7 @@ def inference_memory(
             layer_forward_bytes(c, tokens, compute_bytes),
         ),
         ("logits", "logits (bf16) and their fp32 log-softmax", tokens * c.vocab_size * (compute_bytes + 4)),
+        *extra,
         ("overhead", "CUDA context and fragmentation (assumed)", overhead_gb * 1e9),
     ]
     df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
@@ -319,14 +321,9 @@ def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
     )
     if "embed_init" in cfg:
         n, s = stage_gpus(cfg, "embed_init"), int(cfg["embed_init"].get("block_size", 2048))
-        t = inference_memory(big, 1, s, n)
-        h = c.hidden_size
-        t.loc[len(t)] = [
-            "resize",
-            f"the base's {c.vocab_size:,}-row matrix while resizing (bf16)",
-            c.vocab_size * h * 2,
-            c.vocab_size * h * 2 / 1e9,
-        ]
+        old = c.vocab_size * c.hidden_size * 2
+        what = f"the base's {c.vocab_size:,}-row matrix while resizing (bf16)"
+        t = inference_memory(big, 1, s, n, extra=[("resize", what, old)])
         add(
             "embed_init",
             f"base in bf16 over {n} GPU(s), {big.vocab_size:,} rows, calibration 1 x {s}",

@@ -10,7 +10,9 @@ from .core import *
 from .checkpoint import LORA_TARGETS
 
 # %% auto #0
-__all__ = ['MemoryConfig', 'nf4_bits', 'param_groups', 'qlora_memory', 'inference_memory_4bit', 'resolve_memory', 'memory_report',
+__all__ = ['QUANT_STATE_FIXED_BYTES', 'MemoryConfig', 'nf4_bits', 'param_groups', 'activation_bytes_per_token_layer',
+           'qlora_memory', 'inference_memory_4bit', 'resolve_memory', 'stage_gpus', 'padded_vocab',
+           'layer_forward_bytes', 'inference_memory', 'merge_memory', 'stage_memory', 'replace_vocab', 'memory_report',
            'format_memory']
 
 # %% ../nbs/81_memory.ipynb #470c007a
@@ -47,7 +49,9 @@ def param_groups(model_config, lora_r: int = 64, targets=LORA_TARGETS) -> dict:
 
     with torch.device("meta"):
         model = MixtralForCausalLM(model_config)
-    g = dict.fromkeys(("quantised", "gate", "norm", "embed_tokens", "lm_head", "lora", "lora_layers"), 0)
+    g = dict.fromkeys(
+        ("quantised", "quantised_layers", "gate", "norm", "embed_tokens", "lm_head", "lora", "lora_layers"), 0
+    )
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(mod, torch.nn.Linear):
@@ -57,6 +61,7 @@ def param_groups(model_config, lora_r: int = 64, targets=LORA_TARGETS) -> dict:
                 g["gate"] += mod.weight.numel()
             else:
                 g["quantised"] += mod.weight.numel()
+                g["quantised_layers"] += 1
             if leaf in targets:
                 g["lora"] += lora_r * (mod.in_features + mod.out_features)
                 g["lora_layers"] += 1
@@ -64,10 +69,30 @@ def param_groups(model_config, lora_r: int = 64, targets=LORA_TARGETS) -> dict:
             g["embed_tokens"] += mod.weight.numel()
         elif "norm" in type(mod).__name__.lower():
             g["norm"] += sum(p.numel() for p in mod.parameters(recurse=False))
-    g["total"] = sum(v for k, v in g.items() if k not in ("lora", "lora_layers"))
+    g["total"] = sum(v for k, v in g.items() if k not in ("lora", "lora_layers", "quantised_layers"))
     return g
 
 # %% ../nbs/81_memory.ipynb #7ec19e84
+QUANT_STATE_FIXED_BYTES = 16 * 4 + 256 * 4 + 4  # per 4-bit layer: the NF4 code, the 8-bit code, an offset
+
+
+def activation_bytes_per_token_layer(model_config, lora_r: int = 64) -> int:
+    """Bytes one token leaves saved for backward in one decoder layer of QLoRA training, counted tensor by
+    tensor on CPU (bench/memory_check.py): the residual stream is fp32 (`prepare_model_for_kbit_training`
+    makes the embeddings fp32 and bitsandbytes returns its input's dtype), matmul inputs are cast to bf16."""
+    c = model_config
+    h, I, k = c.hidden_size, c.intermediate_size, c.num_experts_per_tok
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    fp32_h = (6 + 4 * k) * h * 4  # 2 norm inputs, 4 LoRA dropouts; per expert: input, output, 2 dropouts
+    bf16_h = 8 * h * 2  # bf16 casts of projection inputs
+    attention = (2 * h + 2 * kv) * 2 + 2 * kv * 2  # q, k, v, out the attention kernel keeps; k, v projections
+    experts = k * (
+        4 * I * 4 + I * 2
+    )  # per expert: w1, w3 outputs, SiLU output, w2's dropout (fp32), w2's bf16 input
+    lora = (4 + 3 * k) * lora_r * 2  # LoRA A outputs (bf16): 4 attention projections, 3 per expert
+    return fp32_h + bf16_h + attention + experts + lora
+
+
 def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
     "Estimated GPU memory (GB) per item of QLoRA training of `model_config` with the setup `M`, one row per item."
     import pandas as pd
@@ -81,45 +106,65 @@ def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
         )
     g = param_groups(model_config, M.lora_r)
     h, L, V = model_config.hidden_size, model_config.num_hidden_layers, model_config.vocab_size
-    I, k, kv = (
-        model_config.intermediate_size,
-        model_config.num_experts_per_tok,
-        model_config.num_key_value_heads * (h // model_config.num_attention_heads),
-    )
     trainable = g["lora"] + g["embed_tokens"] + g["lm_head"]
     shard = max(1, M.world_size)
     opt_bytes = 8 if M.optimizer == "adamw" else 2
     tokens = M.batch_size * M.block_size
-    per_token_layer = (
-        compute_bytes * (2 * h + h + 2 * kv + h + h + k * (h + 4 * I)) + 4 * len(LORA_TARGETS) * M.lora_r
-    )
+    per_token_layer = activation_bytes_per_token_layer(model_config, M.lora_r)
+    gc = M.gradient_checkpointing
     rows = [
-        ("NF4 weights (attention + experts)", g["quantised"] * nf4_bits() / 8),
-        ("router gates + norms (fp32)", (g["gate"] + g["norm"]) * 4),
-        ("embed_tokens + lm_head, frozen originals (fp32)", (g["embed_tokens"] + g["lm_head"]) * 4),
-        ("embed_tokens + lm_head, trainable copies (fp32)", (g["embed_tokens"] + g["lm_head"]) * 4),
-        ("LoRA A/B (fp32)", g["lora"] * 4),
-        ("gradients of trainable (fp32)", trainable * 4 / (shard if M.zero_stage >= 2 else 1)),
-        (f"optimizer states ({M.optimizer})", trainable * opt_bytes / (shard if M.zero_stage >= 1 else 1)),
+        ("nf4_codes", "NF4 codes of attention + experts (4 bits)", g["quantised"] * 4 / 8),
         (
-            "activations: checkpointed layer inputs",
-            tokens * h * compute_bytes * L if M.gradient_checkpointing else 0,
+            "quant_state",
+            "NF4 quant state (block constants)",
+            g["quantised"] * (nf4_bits() - 4) / 8 + g["quantised_layers"] * QUANT_STATE_FIXED_BYTES,
+        ),
+        ("gates_norms", "router gates + norms (fp32)", (g["gate"] + g["norm"]) * 4),
+        (
+            "embed_frozen",
+            "embed_tokens + lm_head, frozen originals (fp32)",
+            (g["embed_tokens"] + g["lm_head"]) * 4,
         ),
         (
-            "activations: one layer recomputed" if M.gradient_checkpointing else "activations: all layers",
-            tokens * per_token_layer * (1 if M.gradient_checkpointing else L),
+            "embed_trainable",
+            "embed_tokens + lm_head, trainable copies (fp32)",
+            (g["embed_tokens"] + g["lm_head"]) * 4,
         ),
-        ("logits, fp32 copy and its gradient", tokens * V * (compute_bytes + 4 + 4)),
-        ("CUDA context and fragmentation (assumed)", M.overhead_gb * 1e9),
+        ("lora", "LoRA A/B (fp32)", g["lora"] * 4),
+        ("grads", "gradients of trainable (fp32)", trainable * 4 / (shard if M.zero_stage >= 2 else 1)),
+        (
+            "optimizer",
+            f"optimizer states ({M.optimizer})",
+            trainable * opt_bytes / (shard if M.zero_stage >= 1 else 1),
+        ),
+        (
+            "autocast_copies",
+            "bf16 copies autocast makes of lm_head and LoRA",
+            (g["lm_head"] + g["lora"] / (L if gc else 1)) * compute_bytes,
+        ),
+        (
+            "act_checkpoints",
+            "activations: fp32 layer inputs, final norm, lm_head",
+            tokens * (4 * h * (L if gc else 0) + 4 * h + 2 * h),
+        ),
+        (
+            "act_layer",
+            "activations: one layer recomputed" if gc else "activations: all layers",
+            tokens * per_token_layer * (1 if gc else L),
+        ),
+        ("logits", "logits (bf16)", tokens * V * compute_bytes),
+        ("logits_saved", "log-softmax of the logits, saved by the loss (fp32)", tokens * V * 4),
+        ("logits_grad", "gradient of the logits (fp32)", tokens * V * 4),
+        ("overhead", "CUDA context and fragmentation (assumed)", M.overhead_gb * 1e9),
     ]
-    df = pd.DataFrame(rows, columns=["item", "bytes"])
+    df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
     df["GB"] = df.bytes / 1e9
     return df
 
 
 def inference_memory_4bit(model_config, compute_bytes: int = 2) -> float:
-    """GB of weights for 4-bit inference (NF4 body, gates/norms/embeddings/lm_head in the compute dtype), before
-    activations and cache."""
+    """GB of weights for 4-bit inference (NF4 body, gates/norms/embeddings/lm_head in the compute dtype),
+    before activations and cache."""
     g = param_groups(model_config, 0)
     return (
         g["quantised"] * nf4_bits() / 8
@@ -163,9 +208,180 @@ def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Pa
         world_size=pick(M.world_size, max(1, gpus), "world_size"),
     )
 
+# %% ../nbs/81_memory.ipynb #161a7066
+def stage_gpus(cfg: dict, stage: str) -> int:
+    "GPUs per node the `stage` job books (cluster.stages over cluster.slurm); at least 1."
+    cl = cfg.get("cluster") or {}
+    res = {**(cl.get("slurm") or {}), **((cl.get("stages") or {}).get(stage) or {})}
+    return max(1, int(res.get("gpus_per_node", 0) or 0))
+
+
+def padded_vocab(vocab: int, multiple: int = 64) -> int:
+    "Rows of the resized embeddings: `vocab` rounded up to a multiple of `multiple`."
+    return -(-vocab // multiple) * multiple
+
+
+def layer_forward_bytes(model_config, tokens: int, compute_bytes: int = 2) -> float:
+    """Working memory of one decoder layer's forward without gradients (an estimate): residual, normed input,
+    q, k, v, attention output and o_proj output, and one expert's share of the tokens through w1, w3 and
+    their product."""
+    c = model_config
+    h, I = c.hidden_size, c.intermediate_size
+    kv = c.num_key_value_heads * (h // c.num_attention_heads)
+    routed = tokens * c.num_experts_per_tok / c.num_local_experts
+    return (tokens * (5 * h + 2 * kv) + routed * (h + 3 * I)) * compute_bytes
+
+# %% ../nbs/81_memory.ipynb #62a59081
+def inference_memory(
+    model_config,
+    batch: int,
+    seq: int,
+    n_gpus: int = 1,
+    load_in_4bit: bool = False,
+    compute_bytes: int = 2,
+    overhead_gb: float = 1.5,
+    extra: tuple = (),
+):
+    """Memory of the fullest GPU (the last one of a `device_map="auto"` spread, which also holds the logits)
+    for a forward pass of `batch` x `seq` tokens, one row per item (`extra`: more (key, item, bytes) rows)."""
+    import pandas as pd
+
+    c = model_config
+    n = 1 if load_in_4bit else max(1, n_gpus)
+    g = param_groups(c, 0)
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    tokens = batch * seq
+    if load_in_4bit:
+        weights = ("weights", "weights, NF4 body on one GPU", inference_memory_4bit(c, compute_bytes) * 1e9)
+    else:
+        weights = ("weights", f"weights, bf16, 1/{n} of the model", g["total"] * compute_bytes / n)
+    rows = [
+        weights,
+        (
+            "kv_cache",
+            "KV cache the forward returns, this GPU's layers",
+            tokens * 2 * kv * compute_bytes * c.num_hidden_layers / n,
+        ),
+        (
+            "act_forward",
+            "one layer's forward working set (estimate)",
+            layer_forward_bytes(c, tokens, compute_bytes),
+        ),
+        ("logits", "logits (bf16) and their fp32 log-softmax", tokens * c.vocab_size * (compute_bytes + 4)),
+        *extra,
+        ("overhead", "CUDA context and fragmentation (assumed)", overhead_gb * 1e9),
+    ]
+    df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
+    df["GB"] = df.bytes / 1e9
+    return df
+
+# %% ../nbs/81_memory.ipynb #e029fe25
+def merge_memory(model_config, lora_r: int, max_shard_size="5GB"):
+    "Host memory (CPU RAM) of merging a LoRA adapter into `model_config`'s base shard by shard, by item."
+    import pandas as pd
+    from cmixtral.checkpoint import size_bytes
+
+    g = param_groups(model_config, lora_r)
+    c = model_config
+    largest = max(c.hidden_size * c.intermediate_size, c.hidden_size * c.hidden_size)
+    rows = [
+        ("shard", f"merged tensors waiting for a full shard ({max_shard_size})", size_bytes(max_shard_size)),
+        (
+            "adapter",
+            "adapter read whole: LoRA + embed/lm_head copies (fp32)",
+            (g["lora"] + g["embed_tokens"] + g["lm_head"]) * 4,
+        ),
+        ("tensor", "largest targeted weight: bf16, fp32 copy, B·A, sum", largest * (2 + 4 + 4 + 4)),
+    ]
+    df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
+    df["GB"] = df.bytes / 1e9
+    return df
+
+# %% ../nbs/81_memory.ipynb #b053be9d
+def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
+    """One table per full-scale stage that holds the model: {stage, what, unit, table, total_gb}.
+    `base_config` is the base's MixtralConfig (its own vocabulary); `M` the resolved pretraining setup."""
+    c = replace_vocab(base_config, base_config.vocab_size)
+    big = replace_vocab(base_config, padded_vocab(M.vocab_size))
+    out = []
+
+    def add(stage, what, unit, table):
+        out.append(
+            {"stage": stage, "what": what, "unit": unit, "table": table, "total_gb": float(table.GB.sum())}
+        )
+
+    bm = (cfg.get("assets") or {}).get("base_model") or {}
+    n = stage_gpus(cfg, "assets")
+    b, s = int(bm.get("batch_size", 1)), int(bm.get("block_size", 2048))
+    add(
+        "assets",
+        f"base bits per character, bf16 over {n} GPU(s), batch {b} x {s}",
+        "per GPU",
+        inference_memory(c, b, s, n),
+    )
+    if "embed_init" in cfg:
+        n, s = stage_gpus(cfg, "embed_init"), int(cfg["embed_init"].get("block_size", 2048))
+        old = c.vocab_size * c.hidden_size * 2
+        what = f"the base's {c.vocab_size:,}-row matrix while resizing (bf16)"
+        t = inference_memory(big, 1, s, n, extra=[("resize", what, old)])
+        add(
+            "embed_init",
+            f"base in bf16 over {n} GPU(s), {big.vocab_size:,} rows, calibration 1 x {s}",
+            "per GPU",
+            t,
+        )
+    add(
+        "pretrain",
+        "QLoRA per rank (above)",
+        "per GPU",
+        qlora_memory(replace_vocab(base_config, M.vocab_size), M),
+    )
+    if "sft" in cfg:
+        sft = cfg["sft"]
+        Ms = resolve_memory(
+            replace(M, lora_r=None, block_size=None, batch_size=None, optimizer=None),
+            {**sft, "block_size": sft.get("max_len", sft.get("block_size"))},
+            (cfg.get("cluster") or {}).get("slurm") or {},
+        )
+        Ms = replace(Ms, zero_stage=M.zero_stage)
+        add(
+            "sft",
+            f"QLoRA per rank, r={Ms.lora_r}, batch {Ms.batch_size} x {Ms.block_size}",
+            "per GPU",
+            qlora_memory(replace_vocab(base_config, M.vocab_size), Ms),
+        )
+        add(
+            "sft merge",
+            f"adapter merged into the base on the host, shards of {sft.get('max_shard_size', '5GB')}",
+            "host RAM",
+            merge_memory(big, M.lora_r, sft.get("max_shard_size", "5GB")),
+        )
+    if "eval" in cfg:
+        E = cfg["eval"]
+        q = bool(E.get("load_in_4bit", False))
+        n = 1 if q else stage_gpus(cfg, "eval")
+        b, s = int(E.get("batch_size", 1)), int(E.get("max_length", 2048))
+        how = "NF4 on one GPU" if q else f"bf16 over {n} GPU(s)"
+        add(
+            "eval",
+            f"lm-eval, {how}, batch {b} x {s}",
+            "per GPU",
+            inference_memory(big, b, s, n, load_in_4bit=q),
+        )
+    return out
+
+
+def replace_vocab(model_config, vocab: int):
+    "A copy of `model_config` with `vocab` rows."
+    import copy
+
+    c = copy.deepcopy(model_config)
+    c.vocab_size = vocab
+    return c
+
 # %% ../nbs/81_memory.ipynb #1209bded
 def memory_report(config, overrides=()) -> dict:
-    "Estimated per-GPU memory of QLoRA training for `config`, with the 4-bit inference weights beside it."
+    "Per-GPU memory of QLoRA training for `config`, the 4-bit inference weights, and every stage's table."
     from cmixtral.assets import (
         AssetsConfig,
         tiny_mixtral_config,
@@ -186,6 +402,7 @@ def memory_report(config, overrides=()) -> dict:
         "inference_4bit_gb": inference_memory_4bit(mc),
         "params_b": param_groups(mc, M.lora_r)["total"] / 1e9,
         "setup": M,
+        "stages": stage_memory(cfg, M, tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model)),
     }
 
 
@@ -201,4 +418,15 @@ def format_memory(r: dict) -> str:
         f"  {'total per GPU':<52} {r['total_gb']:8.2f} GB -> {'fits' if r['fits'] else 'does NOT fit'} in {r['gpu_gb']:.0f} GB",
         f"  (4-bit inference weights alone: {r['inference_4bit_gb']:.1f} GB)",
     ]
+    for st in r.get("stages", []):
+        if st["stage"] == "pretrain":
+            continue
+        lines += ["", f"{st['stage']}: {st['what']}:"]
+        lines += [f"  {row.item:<52} {row.GB:8.2f} GB" for row in st["table"].itertuples()]
+        verdict = ""
+        if st["unit"] == "per GPU":
+            verdict = (
+                f" -> {'fits' if st['total_gb'] <= r['gpu_gb'] else 'does NOT fit'} in {r['gpu_gb']:.0f} GB"
+            )
+        lines.append(f"  {'total ' + st['unit']:<52} {st['total_gb']:8.2f} GB{verdict}")
     return "\n".join(lines)

@@ -56,6 +56,18 @@ def test_memory_full_scale(capsys):
                  "-p", "memory.gradient_checkpointing=false"]) == 0
     assert "does NOT fit in 80 GB" in capsys.readouterr().out
 
+def test_memory_every_stage(capsys):
+    "One table per full-scale stage that holds the model; eval in NF4 moves to one GPU."
+    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml")]) == 0
+    out = capsys.readouterr().out
+    for head in ("assets: base bits per character, bf16 over 8 GPU(s)", "embed_init: base in bf16 over 8 GPU(s), 57,024 rows",
+                 "sft: QLoRA per rank", "sft merge: adapter merged into the base on the host", "eval: lm-eval, bf16 over 8 GPU(s), batch 8 x 4096"):
+        assert head in out, head
+    assert "total host RAM" in out
+    assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "eval.load_in_4bit=true"]) == 0
+    out = capsys.readouterr().out
+    assert "eval: lm-eval, NF4 on one GPU, batch 8 x 4096" in out and "weights, NF4 body on one GPU" in out
+
 def test_memory_bad_optimizer(capsys):
     assert main(["memory", "--config", str(ROOT/"configs/mixtral-8x7b.yaml"), "-p", "memory.optimizer=sgd"]) == 2
     assert "memory.optimizer must be adamw or paged_adamw_8bit" in capsys.readouterr().err

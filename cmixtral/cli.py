@@ -200,7 +200,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-shard-size", default="5GB", help="largest safetensors shard when writing the HF layout"
     )
     train_parser(sub).set_defaults(func=_train)
-    p = _command(sub, "memory", "estimate per-GPU memory of QLoRA training (no weights needed)", _memory)
+    p = _command(
+        sub, "memory", "estimate per-GPU memory of every full-scale stage (no weights needed)", _memory
+    )
     add_config_options(p, out=False)
     return ap
 

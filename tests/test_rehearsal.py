@@ -134,7 +134,8 @@ def storage(tmp_path_factory, cache):
     spec = BaseModelSpec(**{k: v for k, v in cfg.items() if k in BaseModelSpec.__dataclass_fields__ and k != "source"})
     tok = load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
     torch.manual_seed(0)
-    save_model(build_tiny_mixtral(spec, 0, len(tok)).to(torch.bfloat16), root/"base", tok)
+    # in shards, as Mixtral-8x7B's 19 are: the token matrices in shards of their own, like the rest
+    save_model(build_tiny_mixtral(spec, 0, len(tok)).to(torch.bfloat16), root/"base", tok, max_shard_size="300KB")
     cache_model_dir(hf, MODEL_REPO, root/"base")
     thirds = [zh[i::3] for i in range(3)]
     cache_repo(hf, "Skywork/SkyPile-150B", {f: jsonl_bytes(t) for f, t in zip(ZH_FILES, thirds)}, "dataset")
@@ -265,6 +266,20 @@ def test_every_model_a_stage_writes_keeps_the_bases_bfloat16(rehearsal):
     run, _, _ = rehearsal
     for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base", "sft/base", "sft/model"):
         assert safetensors_dtypes(run/folder) == {"BF16"}, folder
+
+
+def test_no_stage_output_holds_a_copy_of_the_base(rehearsal, storage):
+    "The grown models hard-link every shard of the base without a token matrix (the hub cache's own files)."
+    from hub_cache import repo_dir
+    from cmixtral.checkpoint import safetensors_header
+    run, _, _ = rehearsal
+    blobs = {p.stat().st_ino for p in (repo_dir(storage/"hf", MODEL_REPO)/"blobs").iterdir()}
+    for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base"):
+        shards = sorted((run/folder).glob("*.safetensors"))
+        plain = [s for s in shards if not any(k.startswith(("model.embed_tokens", "lm_head"))
+                                              for k in safetensors_header(s)[0])]
+        assert len(shards) > 2 and len(plain) >= len(shards) - 2, folder
+        assert all(s.stat().st_ino in blobs for s in plain), folder
 
 
 def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehearsal, slurm, storage, tmp_path):

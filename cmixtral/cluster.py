@@ -705,9 +705,10 @@ def check_stage_jobs(cfg: Config, nbs=None) -> list[dict]:
 
 
 def check_memory(cfg: Config) -> list[dict]:
-    "The peak GPU memory per GPU of a pretraining step (nbs/81_memory) against `memory.gpu_gb`."
+    """The peak memory per GPU of a pretraining step and of every other stage whose job books GPUs (the plans of
+    nbs/81_memory) against `memory.gpu_gb`; host-memory plans are shown, not checked (`--mem` is per node)."""
     from cmixtral.assets import AssetsConfig, tiny_mixtral_config
-    from cmixtral.memory import MemoryConfig, qlora_memory, resolve_memory
+    from cmixtral.memory import MemoryConfig, qlora_memory, resolve_memory, stage_memory
 
     try:
         S = stage_slurm(cfg, "pretrain")
@@ -721,18 +722,31 @@ def check_memory(cfg: Config) -> list[dict]:
             dataclasses.asdict(S),
             project_root(),
         )
-        mc = tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model, M.vocab_size)
-        total = float(qlora_memory(mc, M).GB.sum())
+        base = section(cfg, "assets", AssetsConfig).base_model
+        total = float(qlora_memory(tiny_mixtral_config(base, M.vocab_size), M).GB.sum())
+        stages = [
+            t for t in stage_memory(dict(cfg), M, tiny_mixtral_config(base)) if t["stage"] != "pretrain"
+        ]
     except CmixtralError as e:
         return [_row("memory", False, str(e))]
     setup = f"ZeRO-{M.zero_stage} over {M.world_size} GPUs, batch {M.batch_size} x {M.block_size}"
-    return [
+    rows = [
         _row(
             "memory",
             total <= M.gpu_gb,
             f"pretrain step {total:.1f} GB per GPU ({setup}), memory.gpu_gb {M.gpu_gb:g}",
         )
     ]
+    for t in stages:
+        if t["unit"] != "per GPU":
+            rows.append(
+                _row(f"memory {t['stage']}", True, f"{t['total_gb']:.1f} GB of {t['unit']} ({t['what']})")
+            )
+        elif stage_slurm(cfg, t["stage"]).gpus_per_node:
+            ok = t["total_gb"] <= M.gpu_gb
+            detail = f"{t['total_gb']:.1f} GB per GPU ({t['what']}), memory.gpu_gb {M.gpu_gb:g}"
+            rows.append(_row(f"memory {t['stage']}", ok, detail))
+    return rows
 
 # %% ../nbs/80_cluster.ipynb #d278b926
 def _source_bytes(cfg: Config) -> tuple[int, list[str]]:

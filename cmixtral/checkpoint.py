@@ -15,12 +15,13 @@ __all__ = ['LORA_TARGETS', 'PURPOSES', 'EMBED', 'HEAD', 'ST_DTYPES', 'PEFT_PREFI
            'NATIVE_LAYER', 'QuantSettings', 'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules',
            'device_map', 'load_mixtral_tokenizer', 'check_vocab', 'check_model_dir', 'load_model', 'load_pair',
            'save_model', 'size_bytes', 'stored_dtype', 'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes',
-           'model_folder', 'safetensors_header', 'tensor_files', 'read_tensors', 'token_matrices_model', 'copy_bytes',
-           'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows', 'grow_model', 'read_adapter',
-           'check_adapter_fits', 'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter',
-           'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge', 'dequantize_to_dir', 'merge_peak_bytes',
-           'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params',
-           'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
+           'model_folder', 'safetensors_header', 'stored_tensor_bytes', 'tensor_files', 'read_tensors',
+           'token_matrices_model', 'copy_bytes', 'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows',
+           'grow_model', 'read_adapter', 'check_adapter_fits', 'merged_tensor', 'copy_model_files',
+           'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge',
+           'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5',
+           'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native', 'hf_config_of_native',
+           'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -336,6 +337,15 @@ def safetensors_header(path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         return json.loads(f.read(n)), 8 + n
+
+
+def stored_tensor_bytes(path, name: str) -> bytes:
+    "The bytes of tensor `name` as stored in the safetensors file `path` (no tensor is built)."
+    header, start = safetensors_header(path)
+    a, b = header[name]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + a)
+        return f.read(b - a)
 
 
 def tensor_files(model_dir) -> dict[str, Path]:

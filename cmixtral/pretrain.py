@@ -36,7 +36,7 @@ __all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', '
            'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
            'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
            'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc', 'curve', 'plot_arms',
-           'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'main']
+           'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'run_entry_point', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -845,24 +845,34 @@ def train_command(config, out, overrides=(), arm=None, max_steps: int = 0) -> di
     return train_arm(out, cfg, S, arm or S.main_arm, max_steps=max_steps)
 
 
-def main(argv=None) -> int:
-    "torchrun entry point: train one arm of the pretrain stage (default: the main arm) data-parallel."
-    a = make_parser().parse_args(argv)
+def run_entry_point(train, report) -> int:
+    """What a torchrun entry point returns: 0 after `train()` finished (rank 0 prints `report(result)` as JSON) or
+    was asked to stop (its checkpoint is saved; the job requeues and resumes), 2 with one line on bad input."""
     try:
-        r = train_command(a.config, a.out, a.p, a.arm, a.max_steps)
-    except TrainingStopped as e:  # asked to stop: the checkpoint is saved, the job requeues and resumes
+        r = train()
+    except TrainingStopped as e:
         print(f"cmixtral: {e}", file=sys.stderr)
         return 0
     except CmixtralError as e:
         print(f"cmixtral: error: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", 0)) == 0:
-        losses = [x["loss"] for x in r["log"] if "loss" in x]
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        print(
-            json.dumps({"arm": r["arm"], "adapter": str(r["adapter"]), "world_size": world, "losses": losses})
-        )
+    if process_rank() == 0:
+        print(json.dumps(report(r)))
     return 0
+
+
+def main(argv=None) -> int:
+    "torchrun entry point: train one arm of the pretrain stage (default: the main arm) data-parallel."
+    a = make_parser().parse_args(argv)
+    return run_entry_point(
+        lambda: train_command(a.config, a.out, a.p, a.arm, a.max_steps),
+        lambda r: {
+            "arm": r["arm"],
+            "adapter": str(r["adapter"]),
+            "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+            "losses": [x["loss"] for x in r["log"] if "loss" in x],
+        },
+    )
 
 
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.pretrain":

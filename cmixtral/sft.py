@@ -29,7 +29,7 @@ from cmixtral.checkpoint import (
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
 from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
-from .pretrain import TrainingStopped, barrier, main_process_first, process_rank
+from .pretrain import barrier, main_process_first, process_rank, run_entry_point
 from .pretrain import train_adapter
 
 # %% auto #0
@@ -468,18 +468,10 @@ def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
 def main(argv=None) -> int:
     "torchrun entry point: SFT data-parallel."
     a = make_parser().parse_args(argv)
-    try:
-        r = sft_train_command(a.config, a.out, a.p, a.max_steps)
-    except TrainingStopped as e:  # asked to stop: the checkpoint is saved, the job requeues and resumes
-        print(f"cmixtral: {e}", file=sys.stderr)
-        return 0
-    except CmixtralError as e:
-        print(f"cmixtral: error: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", 0)) == 0:
-        losses = [x["loss"] for x in r["log"] if "loss" in x]
-        print(json.dumps({"adapter": str(r["adapter"]), "losses": losses}))
-    return 0
+    return run_entry_point(
+        lambda: sft_train_command(a.config, a.out, a.p, a.max_steps),
+        lambda r: {"adapter": str(r["adapter"]), "losses": [x["loss"] for x in r["log"] if "loss" in x]},
+    )
 
 
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "cmixtral.sft":

@@ -66,17 +66,9 @@ def _die_with_parent():
 
 
 def parse_record(text:str) -> dict:
-    "`scontrol show job -o` output as a dict: 'JobId=5 JobName=a b JobState=RUNNING' -> {'JobId': '5', ...}."
-    rec = {}
-    key = None
-    for tok in text.split():
-        k, eq, v = tok.partition("=")
-        if eq and k.replace(":", "").replace("/", "").isalnum():
-            key = k
-            rec[key] = v
-        elif key:
-            rec[key] += " " + tok        # a value with spaces in it (JobName, Comment)
-    return rec
+    "`scontrol show job -o` output as a dict, read as the cluster commands read it."
+    from cmixtral.cluster import parse_scontrol_record
+    return parse_scontrol_record(text)
 
 
 def tail(path:Path, n:int=15) -> str:

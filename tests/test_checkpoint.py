@@ -117,12 +117,7 @@ def _sharded(small, out, max_shard_size="300kB"):
     copy_model_files(small, out)
     return out
 
-def _raw(path, name):
-    h, start = safetensors_header(path)
-    a, b = h[name]["data_offsets"]
-    with open(path, "rb") as f:
-        f.seek(start + a)
-        return f.read(b - a)
+_raw = stored_tensor_bytes
 
 def test_grow_model_edits_two_tensors_and_links_the_other_shards(small, tok, tmp_path):
     base = _sharded(small, tmp_path/"base")

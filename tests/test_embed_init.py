@@ -6,7 +6,7 @@ from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from cmixtral.core import CmixtralError, Config, StageRun, read_json, seed_everything
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
-from cmixtral.checkpoint import (EMBED, HEAD, grow_model, iter_tensors, load_mixtral_tokenizer, load_model,
+from cmixtral.checkpoint import (EMBED, HEAD, grow_model, stored_tensor_bytes, iter_tensors, load_mixtral_tokenizer, load_model,
                                  safetensors_header, save_model, stored_dtype, token_matrices_model)
 from cmixtral.embed_init import (METHODS, bias_direction, check_extends, embed_init, final_hidden, init_model_path,
                                  init_rows, rows_appended,
@@ -166,12 +166,7 @@ def test_peak_memory_full_scale():
     pm = peak_extra_bytes(32000, 57024, 4096, 2, 1024)
     assert pm["peak_bytes"] == pm["resize_bytes"] == 57024 * 4096 * 2     # ~446 MiB: one grown bf16 matrix
 
-def _raw(path, name):
-    h, start = safetensors_header(path)
-    a, b = h[name]["data_offsets"]
-    with open(path, "rb") as f:
-        f.seek(start + a)
-        return f.read(b - a)
+_raw = stored_tensor_bytes
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method", ["mean", "normal"])

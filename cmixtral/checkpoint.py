@@ -19,9 +19,9 @@ __all__ = ['LORA_TARGETS', 'PURPOSES', 'EMBED', 'HEAD', 'ST_DTYPES', 'PEFT_PREFI
            'token_matrices_model', 'copy_bytes', 'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows',
            'grow_model', 'read_adapter', 'check_adapter_fits', 'merged_tensor', 'copy_model_files',
            'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge',
-           'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5',
-           'write_md5_list', 'native_params', 'native_state_dict', 'hf_to_native', 'hf_config_of_native',
-           'native_to_hf']
+           'quantised_by_loading', 'quantisation_device', 'dequantized_tensor', 'dequantize_to_dir', 'merge_peak_bytes',
+           'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params',
+           'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -676,10 +676,50 @@ def check_merge(base_dir, adapter_dir, merged_dir, ulps: float = 2.0) -> dict:
     return {"tensors": len(base), "lora_tensors": n_lora, "max_rel_diff": worst}
 
 # %% ../nbs/45_checkpoint.ipynb #a533edf5
-def dequantize_to_dir(model_dir, out_dir, Q: QuantSettings | None = None) -> Path:
-    "Load `model_dir` in 4 bits as QLoRA does (`Q`), de-quantise, and save the result (and tokenizer) to `out_dir`."
-    model, tok = load_pair(model_dir, quant=Q or QuantSettings())
-    return save_model(model.dequantize(), out_dir, tok)
+def quantised_by_loading(name: str, shape: tuple, Q: QuantSettings) -> bool:
+    "Whether loading a model in 4 bits per `Q` turns tensor `name` (of `shape`) into NF4/FP4 blocks."
+    module = name.removesuffix(".weight")
+    return (
+        len(shape) == 2
+        and name.endswith(".weight")
+        and "embed_tokens" not in name
+        and module.split(".")[-1] not in set(Q.skip_modules)
+    )
+
+
+def quantisation_device() -> torch.device:
+    "Where single tensors are quantised: the first GPU (bitsandbytes' CUDA kernels, as training uses), else the CPU."
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def dequantized_tensor(w: torch.Tensor, Q: QuantSettings) -> torch.Tensor:
+    "`w` as a 4-bit layer holds it: cast to the compute dtype, quantised per `Q`, de-quantised (on the CPU)."
+    import bitsandbytes.functional as bnbf
+
+    x = w.to(quantisation_device(), compute_dtype(Q))
+    q, state = bnbf.quantize_4bit(
+        x, blocksize=64, compress_statistics=Q.double_quant, quant_type=Q.quant_type
+    )
+    return bnbf.dequantize_4bit(q, state).cpu()
+
+
+def dequantize_to_dir(model_dir, out_dir, Q: QuantSettings | None = None, max_shard_size="5GB") -> dict:
+    """Write `model_dir` as a 4-bit load per `Q` sees it, de-quantised, to `out_dir` (with config and tokenizer),
+    shard by shard: one tensor in memory at a time. Returns the shard writer's counts and the quantised count."""
+    Q, folder, n = Q or QuantSettings(), model_folder(model_dir), 0
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        writer = ShardWriter(tmp, max_shard_size)
+        for k, w in iter_tensors(folder):
+            quantised = quantised_by_loading(k, tuple(w.shape), Q)
+            n += quantised
+            writer.add(k, dequantized_tensor(w, Q) if quantised else w.to(compute_dtype(Q)))
+        info = writer.close()
+        copy_model_files(folder, tmp)
+        cfg = read_json(tmp / "config.json")
+        cfg["torch_dtype"] = str(compute_dtype(Q)).removeprefix("torch.")
+        write_json(tmp / "config.json", cfg)
+        copy_tokenizer_files(folder, tmp)
+    return {**info, "quantised_tensors": n}
 
 # %% ../nbs/45_checkpoint.ipynb #539f420c
 def merge_peak_bytes(

@@ -334,11 +334,11 @@ def init_rows(
 ) -> tuple[dict, dict]:
     """(new rows of embed_tokens and lm_head by name, `embed_init`'s summary) of `base` (folder or hub id)
     by `method`: from its two matrices alone, or for NEEDS_MODEL through `model` (the loaded base, left as
-    it was; None: load it in float32)."""
+    it was; None: load it in its stored dtype, spread over the GPUs)."""
     if method not in METHODS:
         fail(f"unknown init method '{method}' (use one of {', '.join(METHODS)})")
     if method in NEEDS_MODEL:
-        m = model if model is not None else load_model(base, dtype="float32")
+        m = model if model is not None else load_model(base)
     else:
         m = token_matrices_model(base)
     with kept_token_matrices(m):

@@ -4,15 +4,17 @@
 
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
-           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'README_IMAGES', 'cell_options',
-           'display_math', 'figure_to_file', 'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk',
-           'cjk_chars', 'book_cjk_chars', 'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice',
-           'make_font', 'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
-           'heading_tokens', 'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages',
-           'write_assets', 'build_site', 'adopt_outputs', 'adopt_images', 'adopt_run', 'readme_text', 'write_readme']
+           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'README_IMAGES', 'MAX_CSV_ROWS',
+           'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file', 'page_cell', 'notebook_title',
+           'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars', 'noto_cjk_package', 'ofl_text',
+           'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path', 'use_cjk_font',
+           'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens', 'notebook_pages_plugin',
+           'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site', 'adopt_outputs',
+           'adopt_images', 'adopt_run', 'flat_figures', 'csv_figures', 'run_figures', 'write_figures', 'readme_text',
+           'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
-import base64, html, json, re, shutil, subprocess, sys, tempfile
+import base64, csv, html, json, math, re, shutil, subprocess, sys, tempfile
 from configparser import ConfigParser
 from importlib import resources
 from pathlib import Path
@@ -589,8 +591,8 @@ def adopt_images(run_dir, images: Path) -> list[str]:
 
 
 def adopt_run(run_dir, nbs: Path | None = None) -> dict:
-    """Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, and the README's
-    figures into `nbs/images`."""
+    """Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, the README's
+    figures into `nbs/images`, and the run's numbers into `nbs/figures.json`."""
     nbs = Path(nbs or project_root() / "nbs")
     done = {
         p.name: adopt_outputs(p, nbs / p.name)
@@ -599,7 +601,103 @@ def adopt_run(run_dir, nbs: Path | None = None) -> dict:
     }
     if not done:
         fail(f"no executed notebooks in {run_dir}/notebooks")
-    return done | {f"images/{n}": 1 for n in adopt_images(run_dir, nbs / "images")}
+    done |= {f"images/{n}": 1 for n in adopt_images(run_dir, nbs / "images")}
+    return done | {"figures.json": write_figures(run_dir, nbs / "figures.json")}
+
+# %% ../nbs/95_docs.ipynb #e807d3b7
+MAX_CSV_ROWS = 300  # larger tables (long logs) are not read into the figures
+MANIFEST_PARTS = ("metrics", "params", "timings")
+
+
+def _figure(v) -> int | float | None:
+    "`v` as a finite int or float, else None: text, flags and missing cells are not figures."
+    if isinstance(v, str):
+        try:
+            v = int(v) if v.strip().lstrip("+-").isdigit() else float(v)
+        except ValueError:
+            return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def flat_figures(obj, prefix: str) -> dict:
+    "The numbers in `obj` (nested dicts, lists) under dotted keys after `prefix`; list items by their `name` if any."
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = [
+            (o["name"] if isinstance(o, dict) and isinstance(o.get("name"), str) else i, o)
+            for i, o in enumerate(obj)
+        ]
+    else:
+        v = None if isinstance(obj, str) else _figure(obj)
+        return {} if v is None else {prefix: v}
+    out = {}
+    for k, v in items:
+        out |= flat_figures(v, f"{prefix}.{k}")
+    return out
+
+
+def csv_figures(path: Path, key: str) -> dict:
+    "The numeric cells of a CSV table of at most `MAX_CSV_ROWS` rows, keyed `key:row:column`."
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or len(rows) - 1 > MAX_CSV_ROWS:
+        return {}
+    head, body = rows[0], rows[1:]
+    labels = []
+    for r in body:
+        lead = []
+        for c in r:
+            if _figure(c) is not None:
+                break
+            lead.append(c)
+        labels.append("/".join(lead))
+    if not all(labels) or len(set(labels)) < len(labels):
+        labels = [str(i) for i in range(len(body))]
+    out = {}
+    for label, r in zip(labels, body):
+        for j, c in enumerate(r):
+            if (v := _figure(c)) is not None:
+                out[f"{key}:{label}:{head[j] if j < len(head) and head[j] else j}"] = v
+    return out
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        fail(f"{p}: not a readable JSON file ({e})")
+
+
+def run_figures(run_dir) -> dict:
+    """Every number a run records, sorted by key: stage manifests' `metrics`, `params` and `timings`, stage seconds
+    from `pipeline.json`, and the numeric cells of the small CSV tables in the stage folders."""
+    run_dir = Path(run_dir)
+    manifests = sorted(run_dir.glob("*/manifest.json"))
+    if not manifests:
+        fail(f"{run_dir}: no stage manifests (*/manifest.json), so no figures to collect")
+    out = {}
+    for m in manifests:
+        man, stage = _read_json(m), m.parent.name
+        for part in MANIFEST_PARTS:
+            out |= flat_figures(man.get(part, {}), f"{stage}.{part}")
+        for p in sorted(m.parent.glob("*.csv")):
+            out |= csv_figures(p, f"{stage}/{p.name}")
+    if (run_dir / "pipeline.json").exists():
+        for s in _read_json(run_dir / "pipeline.json").get("stages", []):
+            if (v := _figure(s.get("seconds"))) is not None:
+                out[f"pipeline.{s['stage']}.seconds"] = v
+    return dict(sorted(out.items()))
+
+
+def write_figures(run_dir, path: Path) -> int:
+    "Write `run_figures(run_dir)` to `path` as JSON (sorted keys, atomically); return how many numbers."
+    figures = run_figures(run_dir)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return len(figures)
 
 # %% ../nbs/95_docs.ipynb #c174aca2
 def readme_text(nb_path: Path) -> str:

@@ -742,31 +742,39 @@ def routing_frame(shares: dict) -> "pd.DataFrame":
 
 
 def plot_routing(frame) -> "plt.Figure":
-    "Heat maps of expert shares (%), one panel per (model, language), layers × experts."
+    """Heat maps of expert shares (%) in a grid, one row per model and one column per language (layers × experts);
+    the colour scale is centred on an even share (100 / experts %): red above it, blue below."""
     import matplotlib.pyplot as plt, numpy as np
+    from matplotlib.colors import TwoSlopeNorm
 
-    keys = list(dict.fromkeys(zip(frame.model, frame.lang)))
+    models, langs = list(dict.fromkeys(frame.model)), list(dict.fromkeys(frame.lang))
     n_layers, n_exp = frame.layer.max() + 1, frame.expert.max() + 1
+    even = 100 / n_exp
     fig, axes = plt.subplots(
-        1, len(keys), figsize=(0.55 * n_exp * len(keys) + 1, 0.45 * n_layers + 1.6), squeeze=False
+        len(models),
+        len(langs),
+        figsize=(0.5 * n_exp * len(langs) + 1.6, (0.4 * n_layers + 0.9) * len(models) + 0.4),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
     )
-    vmax = max(25.0, 100 * frame.share.max())
-    for ax, (m, l) in zip(axes[0], keys):
-        t = (
-            frame[(frame.model == m) & (frame.lang == l)]
-            .pivot(index="layer", columns="expert", values="share")
-            .values
-            * 100
-        )
-        im = ax.imshow(t, cmap="RdBu_r", vmin=0, vmax=vmax, aspect="auto")
+    norm = TwoSlopeNorm(vcenter=even, vmin=0, vmax=max(2 * even, 100 * frame.share.max()))
+    for (r, m), (c, l) in ((rm, cl) for rm in enumerate(models) for cl in enumerate(langs)):
+        ax, sel = axes[r][c], frame[(frame.model == m) & (frame.lang == l)]
+        t = sel.pivot(index="layer", columns="expert", values="share").values * 100
+        im = ax.imshow(t, cmap="RdBu_r", norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(t):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
         ax.set_title(f"{m} · {l}", fontsize=9)
-        ax.set_xlabel("expert")
         ax.set_xticks(range(n_exp))
         ax.set_yticks(range(n_layers))
-    axes[0][0].set_ylabel("layer")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="% of routing choices")
+    for ax in axes[-1]:
+        ax.set_xlabel("expert")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("layer")
+    fig.colorbar(
+        im, ax=axes.ravel().tolist(), shrink=0.8, label=f"% of routing choices (even share {even:.1f}%)"
+    )
     return fig
 
 # %% ../nbs/60_eval.ipynb #58f91707

@@ -35,8 +35,9 @@ __all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', '
            'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
            'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
            'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
-           'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc', 'curve', 'plot_arms',
-           'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'run_entry_point', 'main']
+           'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc', 'curve', 'arm_gaps',
+           'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'run_entry_point',
+           'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -769,24 +770,61 @@ def curve(log: list[dict], chars_per_step: float, dev_tpc: dict):
     )  # the Trainer logs each dev set on its own row
 
 
-def plot_arms(curves: dict, title: str = ""):
-    """Dev bits per character against training characters, one line per arm (Chinese solid, English dashed); returns
-    the Figure."""
+def arm_gaps(curves: dict, ref: str = "normal") -> dict:
+    """{arm: DataFrame(train_chars, gap_zh, gap_en)}: each arm's dev bits per character minus `ref`'s at the same
+    number of training characters (`ref`'s curve interpolated, since arms with fewer tokens per character take
+    fewer steps)."""
+    import numpy as np, pandas as pd
+
+    r, out = curves[ref], {}
+    for arm, df in curves.items():
+        if arm == ref:
+            continue
+        g = pd.DataFrame({"train_chars": df.train_chars})
+        for lang in ("zh", "en"):
+            if f"dev_bpc_{lang}" in df and f"dev_bpc_{lang}" in r:
+                g[f"gap_{lang}"] = df[f"dev_bpc_{lang}"] - np.interp(
+                    df.train_chars, r.train_chars, r[f"dev_bpc_{lang}"]
+                )
+        out[arm] = g
+    return out
+
+
+def plot_arms(curves: dict, title: str = "", ref: str = "normal"):
+    """Dev bits per character against training characters, one line per arm, Chinese left and English right; below
+    them (when `ref` is an arm) each arm's difference from `ref`, where gaps of a few hundredths show. Returns the
+    Figure."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for i, (arm, df) in enumerate(curves.items()):
-        for ax, lang in zip(axes, ("zh", "en")):
+    gaps = arm_gaps(curves, ref) if ref in curves else {}
+    rows = 2 if gaps else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 3.3 * rows), squeeze=False, sharex="col")
+    colour = {arm: f"C{i}" for i, arm in enumerate(curves)}
+    for arm, df in curves.items():
+        for ax, lang in zip(axes[0], ("zh", "en")):
             if f"dev_bpc_{lang}" in df:
                 ax.plot(
-                    df.train_chars / 1e3, df[f"dev_bpc_{lang}"], marker="o", ms=3, color=f"C{i}", label=arm
+                    df.train_chars / 1e3,
+                    df[f"dev_bpc_{lang}"],
+                    marker="o",
+                    ms=3,
+                    color=colour[arm],
+                    label=arm,
                 )
-    for ax, lang in zip(axes, ("Chinese", "English")):
-        ax.set_xlabel("training characters (thousands)")
-        ax.set_ylabel("dev bits per character")
-        ax.set_title(f"{lang} dev text")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    for arm, g in gaps.items():
+        for ax, lang in zip(axes[1], ("zh", "en")):
+            if f"gap_{lang}" in g:
+                ax.plot(g.train_chars / 1e3, g[f"gap_{lang}"], marker="o", ms=3, color=colour[arm], label=arm)
+    for c, lang in enumerate(("Chinese", "English")):
+        axes[0][c].set_title(f"{lang} dev text")
+        axes[0][c].set_ylabel("dev bits per character")
+        if gaps:
+            axes[1][c].axhline(0, color=colour[ref], lw=1, label=f"{ref} (zero line)")
+            axes[1][c].set_ylabel(f"minus {ref} (bits per character)")
+        axes[-1][c].set_xlabel("training characters (thousands)")
+        for ax in axes[:, c]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

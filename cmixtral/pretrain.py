@@ -30,14 +30,14 @@ from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts,
 from .vocab import merged_tokenizer_path
 
 # %% auto #0
-__all__ = ['STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report', 'check_qlora',
-           'trainable_groups', 'check_inputs', 'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume',
-           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
-           'trainer_class', 'dense_expert_dispatch', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
-           'prepare_arm_model', 'arm_data', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
-           'pretrain_dir', 'finished_training', 'train_adapter', 'train_arm', 'heldout_bpc', 'curve', 'arm_gaps',
-           'plot_arms', 'plot_train_loss', 'pretrained_paths', 'make_parser', 'train_command', 'run_entry_point',
-           'main']
+__all__ = ['ROLES', 'STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report',
+           'check_qlora', 'trainable_groups', 'module_role', 'layer_roles', 'plot_layer_roles', 'check_inputs',
+           'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume', 'TrainingStopped', 'stop_requested',
+           'agree_any', 'stop_callback', 'training_args', 'train_model', 'trainer_class', 'dense_expert_dispatch',
+           'mixture_texts', 'block_dataset', 'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'process_rank',
+           'join_process_group', 'barrier', 'main_process_first', 'pretrain_dir', 'finished_training', 'train_adapter',
+           'train_arm', 'heldout_bpc', 'curve', 'arm_gaps', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
+           'make_parser', 'train_command', 'run_entry_point', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -204,6 +204,123 @@ def trainable_groups(model):
     )
     df["share"] = (df.parameters / df.parameters.sum()).round(4)
     return df
+
+# %% ../nbs/40_pretrain.ipynb #3ab8b34c
+ROLES = {
+    "nf4+lora": ("4-bit NF4, frozen, with LoRA (trained)", "#f4a261"),
+    "frozen": ("full precision, frozen", "#d9d9d9"),
+    "full": ("trained in full", "#8ecae6"),
+    "nf4": ("4-bit NF4, frozen, no LoRA", "#e9c46a"),
+    "lora": ("full precision, frozen, with LoRA (trained)", "#f6bd60"),
+}
+
+
+def module_role(mod) -> str:
+    "How QLoRA treats one module: 'nf4+lora', 'nf4', 'full' (trained in full) or 'frozen' (full precision)."
+    base = getattr(mod, "base_layer", mod)
+    four_bit = type(base).__name__ == "Linear4bit"
+    if hasattr(mod, "lora_A") and len(mod.lora_A):
+        return "nf4+lora" if four_bit else "lora"
+    if four_bit:
+        return "nf4"
+    trained = any(p.requires_grad for p in mod.parameters())
+    return "full" if trained else "frozen"
+
+
+def layer_roles(model, layer: int = 0) -> dict[str, str]:
+    """{part: role} for the parts of one Mixtral layer and the token matrices, read from a loaded (peft) model: the
+    attention projections, the norms, the router gate, expert 0's w1/w2/w3 (and whether every expert matches)."""
+    mods = {n.removeprefix("base_model.model."): m for n, m in model.named_modules()}
+    p = f"model.layers.{layer}."
+    wanted = {
+        "embed_tokens": "model.embed_tokens",
+        "lm_head": "lm_head",
+        "final norm": "model.norm",
+        "input norm": p + "input_layernorm",
+        "post-attention norm": p + "post_attention_layernorm",
+        "router gate": p + "block_sparse_moe.gate",
+        **{proj: p + f"self_attn.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "o_proj")},
+    }
+    n_exp = model.config.num_local_experts
+    for w in ("w1", "w2", "w3"):
+        roles = {module_role(mods[p + f"block_sparse_moe.experts.{e}.{w}"]) for e in range(n_exp)}
+        wanted[f"experts.{w}"] = None
+        if len(roles) != 1:
+            fail(f"experts of layer {layer} differ in how {w} is treated: {sorted(roles)}")
+    out = {k: module_role(mods[v]) for k, v in wanted.items() if v is not None}
+    out |= {
+        f"experts.{w}": module_role(mods[p + f"block_sparse_moe.experts.0.{w}"]) for w in ("w1", "w2", "w3")
+    }
+    return out
+
+
+def plot_layer_roles(roles: dict, n_experts: int = 8, n_layers: int = 32):
+    "A Mixtral layer drawn as boxes coloured by `layer_roles`: what is 4-bit with LoRA, trained in full, frozen."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch, Patch
+
+    fig, ax = plt.subplots(figsize=(9, 6.4))
+    ax.set_xlim(0, 10), ax.set_ylim(0, 10.6), ax.axis("off")
+
+    def box(x, y, w, h, label, part, fs=8):
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, y),
+                w,
+                h,
+                boxstyle="round,pad=0.02,rounding_size=0.08",
+                fc=ROLES[roles[part]][1],
+                ec="#333",
+                lw=0.8,
+            )
+        )
+        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=fs)
+
+    def arrow(x, y0, y1):
+        ax.annotate("", (x, y1), (x, y0), arrowprops=dict(arrowstyle="->", lw=0.8, color="#333"))
+
+    box(3.5, 0.2, 3, 0.6, "embed_tokens (new rows too)", "embed_tokens")
+    arrow(5, 0.8, 1.25)
+    ax.add_patch(
+        FancyBboxPatch((0.3, 1.25), 9.4, 7.6, boxstyle="round,pad=0.02", fc="none", ec="#666", ls="--")
+    )
+    ax.text(0.45, 8.6, f"one of {n_layers} layers", fontsize=9, style="italic", va="top")
+    box(3.5, 1.45, 3, 0.5, "RMSNorm", "input norm")
+    arrow(5, 1.95, 2.25)
+    for i, proj in enumerate(("q_proj", "k_proj", "v_proj", "o_proj")):
+        box(1.3 + 1.9 * i, 2.25, 1.6, 0.7, proj, proj)
+    ax.text(5, 3.1, "self-attention (+ residual)", ha="center", fontsize=8)
+    arrow(5, 3.35, 3.65)
+    box(3.5, 3.65, 3, 0.5, "RMSNorm", "post-attention norm")
+    arrow(5, 4.15, 4.45)
+    box(3.0, 4.45, 4, 0.6, f"router gate: {n_experts} logits, top-2", "router gate")
+    arrow(5, 5.05, 5.4)
+    w = 9.0 / n_experts
+    for e in range(n_experts):
+        x = 0.5 + e * w
+        for j, proj in enumerate(("w1", "w3", "w2")):
+            box(x + 0.05, 5.4 + j * 0.75, w - 0.1, 0.62, proj, f"experts.{proj}", fs=7)
+        ax.text(x + w / 2, 7.75, f"expert {e}", ha="center", fontsize=7)
+    ax.text(
+        5,
+        8.1,
+        "each expert: w2(SiLU(w1·x) ⊙ w3·x); the 2 chosen ones summed, weighted (+ residual)",
+        ha="center",
+        fontsize=8,
+    )
+    arrow(5, 8.85, 9.15)
+    box(3.5, 9.15, 3, 0.45, "RMSNorm", "final norm")
+    arrow(5, 9.6, 9.85)
+    box(3.5, 9.85, 3, 0.6, "lm_head (new rows too)", "lm_head")
+    used = dict.fromkeys(roles.values())
+    ax.legend(
+        handles=[Patch(fc=ROLES[r][1], ec="#333", label=ROLES[r][0]) for r in ROLES if r in used],
+        loc="upper right",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
+    return fig
 
 # %% ../nbs/40_pretrain.ipynb #513802e4
 def check_inputs(model_config, tok, train_ds, block_size: int, pad: int = 128):

@@ -33,10 +33,14 @@ def _docs(a):
 
 
 def _adopt(a):
-    from cmixtral.docs import adopt_run
+    from cmixtral.docs import LIBRARY_CHAPTERS, adopt_run, execute_chapter, project_root
 
     for nb, n in adopt_run(a.run_dir).items():
         print(f"{nb}: {n} cells" if nb.endswith(".ipynb") else f"{nb}: copied")
+    if a.library:
+        for name in LIBRARY_CHAPTERS:
+            n = execute_chapter(project_root() / "nbs" / f"{name}.ipynb")
+            print(f"{name}.ipynb: executed, {n} cells with output")
 
 
 def _readme(a):
@@ -145,8 +149,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = _command(sub, "docs", "render the docs site offline (no Quarto needed)", _docs)
     p.add_argument("--out", default="_site", help="output folder")
     _command(sub, "readme", "write README.md from nbs/index.ipynb", _readme)
-    p = _command(sub, "adopt", "copy a run's executed outputs and figures into the nbs/ notebooks", _adopt)
+    p = _command(
+        sub,
+        "adopt",
+        "copy a run's executed outputs, figures and numbers into nbs/; run the library chapters",
+        _adopt,
+    )
     p.add_argument("run_dir", help="run directory, e.g. runs/tiny")
+    p.add_argument(
+        "--no-library", dest="library", action="store_false", help="do not execute the library chapters"
+    )
     p = _command(
         sub, "sbatch", "write a SLURM script that runs one stage (cluster.slurm in the config)", _sbatch
     )

@@ -4,17 +4,17 @@
 
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
-           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'README_IMAGES', 'MAX_CSV_ROWS',
-           'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file', 'page_cell', 'notebook_title',
-           'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars', 'noto_cjk_package', 'ofl_text',
-           'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path', 'use_cjk_font',
+           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'README_IMAGES', 'LIBRARY_CHAPTERS',
+           'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file', 'page_cell',
+           'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars', 'noto_cjk_package',
+           'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path', 'use_cjk_font',
            'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens', 'notebook_pages_plugin',
            'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site', 'adopt_outputs',
-           'adopt_images', 'adopt_run', 'flat_figures', 'csv_figures', 'run_figures', 'write_figures', 'readme_text',
-           'write_readme']
+           'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures',
+           'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
-import base64, csv, html, json, math, re, shutil, subprocess, sys, tempfile
+import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
 from configparser import ConfigParser
 from importlib import resources
 from pathlib import Path
@@ -603,6 +603,56 @@ def adopt_run(run_dir, nbs: Path | None = None) -> dict:
         fail(f"no executed notebooks in {run_dir}/notebooks")
     done |= {f"images/{n}": 1 for n in adopt_images(run_dir, nbs / "images")}
     return done | {"figures.json": write_figures(run_dir, nbs / "figures.json")}
+
+# %% ../nbs/95_docs.ipynb #df000e8a
+LIBRARY_CHAPTERS = ("00_core", "45_checkpoint", "55_generate", "81_memory", "90_cli")
+
+
+def _skipped(src: str, flags: set) -> bool:
+    "Whether nbdev_test skips a cell: a `#|` directive naming one of `flags`, or `#| eval: false`."
+    for line in src.splitlines():
+        if not line.startswith("#|"):
+            break
+        words = line[2:].replace(":", " ").split()
+        if set(words) & flags or words[:2] == ["eval", "false"]:
+            return True
+    return False
+
+
+def execute_chapter(path, flags=None) -> int:
+    """Run the testable cells of the notebook at `path` in its folder, keeping their outputs (less stderr) in it;
+    fail naming the cell that raised (the notebook is then left as it was). Returns the cells that show output."""
+    from execnb.shell import CaptureShell
+
+    path = Path(path).resolve()
+    flags = set(flags if flags is not None else project_settings(project_root()).get("tst_flags", "").split())
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    shell, shown, cwd = CaptureShell(path.parent), 0, os.getcwd()
+    try:
+        os.chdir(path.parent)
+        for i, c in enumerate(nb["cells"]):
+            src = "".join(c["source"])
+            if c["cell_type"] != "code" or _skipped(src, flags):
+                continue
+            outs = shell.run(src)
+            if shell.exc:
+                fail(f"{path.name}: code cell {i} raised {type(shell.exc).__name__}: {shell.exc}")
+            keep = (
+                []
+                if src.startswith("#| hide")
+                else [
+                    dict(o)
+                    for o in outs
+                    if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                ]
+            )
+            c["outputs"], c["execution_count"] = keep, None
+            shown += bool(keep)
+    finally:
+        os.chdir(cwd)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return shown
 
 # %% ../nbs/95_docs.ipynb #e807d3b7
 MAX_CSV_ROWS = 300  # larger tables (long logs) are not read into the figures

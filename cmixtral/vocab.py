@@ -13,7 +13,7 @@ from .assets import corpus_paths
 # %% auto #0
 __all__ = ['VocabConfig', 'is_zh_char', 'is_zh_piece', 'write_training_text', 'char_counts', 'level_coverage', 'spm_options',
            'spm_single_chars', 'train_spm', 'grid_point_key', 'train_spm_grid', 'alp', 'spm_alp', 'kneedle',
-           'choose_vocab', 'plot_alp', 'merge_spm', 'save_hf_tokenizer', 'tokens_per_char', 'score_grid',
+           'choose_vocab', 'level_gains', 'plot_alp', 'merge_spm', 'save_hf_tokenizer', 'tokens_per_char', 'score_grid',
            'merged_tokenizer_path']
 
 # %% ../nbs/10_vocab.ipynb #ee3a09b1
@@ -277,6 +277,17 @@ def choose_vocab(grid, min_added: int = 0) -> tuple[dict, dict]:
     cands = {k: v for k, v in knees.items() if v["added_pieces"] >= min_added} or knees
     level = max(cands, key=lambda k: (cands[k]["alp"], -cands[k]["zh_vocab_size"]))
     return cands[level], knees
+
+# %% ../nbs/10_vocab.ipynb #4365501f
+def level_gains(knees: dict) -> "pd.DataFrame":
+    """Each level's knee (vocabulary size, ALP) and how much its ALP rises over the level below, in percent of the
+    lower level's |ALP|: where that falls under a fraction of a percent, more single characters no longer pay."""
+    import pandas as pd
+
+    t = pd.DataFrame(knees).T.sort_index()[["zh_vocab_size", "added_pieces", "alp"]].astype(float)
+    t.index.name = "char_level"
+    t["alp_gain_pct"] = 100 * t.alp.diff() / t.alp.shift().abs()
+    return t
 
 # %% ../nbs/10_vocab.ipynb #c74c33c1
 def plot_alp(grid, chosen: dict | None = None, knees: dict | None = None):

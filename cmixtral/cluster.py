@@ -766,12 +766,14 @@ def _source_bytes(cfg: Config) -> tuple[int, list[str]]:
 
 
 def disk_plan(cfg: Config) -> dict:
-    """Rough bytes a run writes, by item. Counted: base-size model copies at 2 bytes a parameter
-    (embed_init's resized model, the SFT merge, the native copy when `sft.native`, the tiny base when the
-    assets stage trains one); adapters with their kept checkpoints (trainable parameters at 4 bytes, three
-    times in a checkpoint for the two optimizer states, per pretrain arm and for SFT); the data stage's token
-    arrays at 4 bytes a token, taking a token per 4 bytes of local source text. Not counted: hub datasets
-    (size unknown offline), caches, logs and the evaluation's outputs (small)."""
+    """Rough bytes a run writes, by item. Counted: base-size model copies at 2 bytes a parameter, as many as exist at
+    once at the peak (SFT's merged base and released model; while SFT compares its two merges, the de-quantised base
+    when SFT trains in 4 bits; the native copy when `sft.native`; the tiny base when the assets stage trains one).
+    embed_init's grown model and `pretrain/base` are not copies: their unchanged shards are hard links to the base's.
+    Adapters with their kept checkpoints (trainable parameters at 4 bytes, three times in a checkpoint for the two
+    optimizer states, per pretrain arm and for SFT); the data stage's token arrays at 4 bytes a token, taking a
+    token per 4 bytes of local source text. Not counted: hub datasets (size unknown offline), caches, logs and the
+    evaluation's outputs (small)."""
     from cmixtral.assets import AssetsConfig, tiny_mixtral_config
     from cmixtral.memory import MemoryConfig, param_groups
 
@@ -780,7 +782,8 @@ def disk_plan(cfg: Config) -> dict:
     r = int(((cfg.get("pretrain") or {}).get("lora") or {}).get("r") or 64)
     g = param_groups(tiny_mixtral_config(A.base_model, vocab), r)
     sft = cfg.get("sft") or {}
-    copies = 2 + bool(sft.get("native")) + (A.base_model.source == "tiny")
+    four_bit = ((sft.get("quant") or {}).get("load_in_4bit", True)) is not False
+    copies = 2 + four_bit + bool(sft.get("native")) + (A.base_model.source == "tiny")
     trainable = g["lora"] + g["embed_tokens"] + g["lm_head"]
 
     def adapter_bytes(sec: str) -> int:

@@ -907,13 +907,14 @@ def arm_gaps(curves: dict, ref: str = "normal") -> dict:
     return out
 
 
-def plot_arms(curves: dict, title: str = "", ref: str = "normal"):
+def plot_arms(curves: dict, title: str = "", ref: str = "normal", gap_arms: list | None = None):
     """Dev bits per character against training characters, one line per arm, Chinese left and English right; below
-    them (when `ref` is an arm) each arm's difference from `ref`, where gaps of a few hundredths show. Returns the
-    Figure."""
+    them (when `ref` is an arm) the difference from `ref` of each of `gap_arms` (default: every other arm), where gaps
+    of a few hundredths show. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     gaps = arm_gaps(curves, ref) if ref in curves else {}
+    gaps = {a: g for a, g in gaps.items() if gap_arms is None or a in gap_arms}
     rows = 2 if gaps else 1
     fig, axes = plt.subplots(rows, 2, figsize=(9, 3.3 * rows), squeeze=False, sharex="col")
     colour = {arm: f"C{i}" for i, arm in enumerate(curves)}

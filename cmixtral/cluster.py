@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['JOB_DONE', 'PREFLIGHT_PACKAGES', 'nbs_dir', 'has_parameters_cell', 'list_stages', 'select_stages',
-           'stage_fingerprint', 'input_unchanged', 'changed_inputs', 'stage_is_current', 'run_notebook', 'run_pipeline',
-           'SlurmConfig', 'ClusterConfig', 'stage_module', 'stage_has_main', 'check_launcher', 'stage_slurm',
-           'stage_threads', 'check_stage_resources', 'pipeline_command', 'torchrun_command', 'launch_steps',
-           'sbatch_directives', 'sbatch_script', 'write_sbatch', 'slurm_tool', 'run_slurm', 'jobs_file', 'submit_chain',
-           'parse_scontrol_record', 'job_state', 'chain_status', 'cancel_chain', 'format_table', 'local_paths',
-           'check_paths', 'needed_packages', 'check_packages', 'check_deepspeed', 'check_stage_jobs', 'check_memory',
-           'disk_plan', 'check_disk', 'preflight']
+           'stage_fingerprint', 'input_unchanged', 'changed_inputs', 'stage_is_current', 'run_notebook',
+           'pipeline_record', 'run_pipeline', 'SlurmConfig', 'ClusterConfig', 'stage_module', 'stage_has_main',
+           'check_launcher', 'stage_slurm', 'stage_threads', 'check_stage_resources', 'pipeline_command',
+           'torchrun_command', 'launch_steps', 'sbatch_directives', 'sbatch_script', 'write_sbatch', 'slurm_tool',
+           'run_slurm', 'jobs_file', 'submit_chain', 'parse_scontrol_record', 'job_state', 'chain_status',
+           'cancel_chain', 'format_table', 'local_paths', 'check_paths', 'needed_packages', 'check_packages',
+           'check_deepspeed', 'check_stage_jobs', 'check_memory', 'disk_plan', 'check_disk', 'preflight']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
 import dataclasses, json, os, re, shlex, shutil, subprocess, sys, time
@@ -156,6 +156,24 @@ def run_notebook(nb_path: Path, out_nb: Path, params: dict, log_output: bool = F
         )
 
 # %% ../nbs/80_cluster.ipynb #b0aae770
+def pipeline_record(path, rows: list[dict], config, overrides=()) -> dict:
+    """The run directory's `pipeline.json` after an invocation that produced `rows`: each stage's last run (a stage
+    run now replaces its entry; a stage skipped now, or not chosen, keeps the run it had), so a partial rerun does
+    not erase the record of the others."""
+    before = {r["stage"]: r for r in (read_json(path).get("stages", []) if Path(path).exists() else [])}
+    now = {r["stage"]: r for r in rows}
+    order = list(dict.fromkeys([*before, *now]))
+    stages = [
+        now[s] if s in now and (now[s]["status"] == "ran" or s not in before) else before[s] for s in order
+    ]
+    return {
+        "config": str(config),
+        "overrides": list(overrides),
+        "stages": stages,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
 def run_pipeline(
     config, out, stages=None, overrides=(), force: bool = False, nbs=None, log_output: bool = False
 ) -> list[dict]:
@@ -189,17 +207,16 @@ def run_pipeline(
         m = read_json(mp)
         m["pipeline"] = {"fingerprint": fp, "notebook": str(nb), "executed": str(out / "notebooks" / nb.name)}
         write_json(mp, m)
-        rows.append({"stage": stage, "status": "ran", "seconds": round(time.time() - t, 1)})
+        rows.append(
+            {
+                "stage": stage,
+                "status": "ran",
+                "seconds": round(time.time() - t, 1),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+        )
         log.info(f"stage {stage}: done in {rows[-1]['seconds']} s")
-    write_json(
-        out / "pipeline.json",
-        {
-            "config": str(config),
-            "overrides": list(overrides),
-            "stages": rows,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
+    write_json(out / "pipeline.json", pipeline_record(out / "pipeline.json", rows, config, overrides))
     return rows
 
 # %% ../nbs/80_cluster.ipynb #806edbca

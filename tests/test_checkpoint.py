@@ -43,7 +43,8 @@ def test_streaming_merge_equals_the_adapter_on_the_dequantised_base(small, tmp_p
     pm = load_qlora_model(small, PretrainConfig(quant=QuantSettings(compute_dtype="float32")), False)
     perturb_adapter(pm, seed=0)
     pm.save_pretrained(tmp_path/"adapter")
-    deq = dequantize_to_dir(small, tmp_path/"deq", QuantSettings(compute_dtype="float32"))
+    deq = tmp_path/"deq"
+    assert dequantize_to_dir(small, deq, QuantSettings(compute_dtype="float32"))["quantised_tensors"] == 2 * (4 + 8 * 3)
     info = merge_adapter(deq, tmp_path/"adapter", tmp_path/"merged", max_shard_size="300kB")
     assert info["shards"] > 1 and not any(p.name.startswith("adapter") for p in (tmp_path/"merged").iterdir())
     merged = load_model(tmp_path/"merged")                               # a plain checkpoint: no peft needed

@@ -716,7 +716,9 @@ def dequantize_to_dir(model_dir, out_dir, Q: QuantSettings | None = None, max_sh
         info = writer.close()
         copy_model_files(folder, tmp)
         cfg = read_json(tmp / "config.json")
-        cfg["torch_dtype"] = str(compute_dtype(Q)).removeprefix("torch.")
+        cfg["torch_dtype"] = cfg["dtype"] = str(compute_dtype(Q)).removeprefix(
+            "torch."
+        )  # both names: 4.57 reads either
         write_json(tmp / "config.json", cfg)
         copy_tokenizer_files(folder, tmp)
     return {**info, "quantised_tensors": n}

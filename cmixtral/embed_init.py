@@ -24,9 +24,9 @@ from .vocab import merged_tokenizer_path
 # %% auto #0
 __all__ = ['METHODS', 'CALIBRATED', 'NEEDS_MODEL', 'check_extends', 'spell_new_tokens', 'padded_rows', 'resize_model',
            'mean_of_rows', 'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head',
-           'rest_of_spelling_logprob', 'lower_new_rows', 'embed_init', 'grown_rows', 'kept_token_matrices',
-           'rows_appended', 'init_rows', 'peak_extra_bytes', 'new_token_mass', 'plot_bpc', 'EmbedInitConfig',
-           'choose_method', 'calibration_texts', 'init_model_path']
+           'rest_of_spelling_logprob', 'lower_new_rows', 'embed_init', 'new_token_mass', 'plot_bpc', 'grown_rows',
+           'kept_token_matrices', 'rows_appended', 'init_rows', 'peak_extra_bytes', 'EmbedInitConfig', 'choose_method',
+           'calibration_texts', 'init_model_path']
 
 # %% ../nbs/20_embed_init.ipynb #d7763ace
 def check_extends(old_tok, new_tok) -> int:
@@ -273,6 +273,43 @@ def embed_init(
         )
     return out
 
+# %% ../nbs/20_embed_init.ipynb #85508d7a
+@torch.no_grad()
+def new_token_mass(
+    model, tok, texts: list[str], n_old: int, block_size: int = 256, max_positions: int = 1024
+) -> float:
+    "Average total probability that `model` gives to tokens with id >= `n_old` over positions of `texts`."
+    x = pack_documents(texts, tok, block_size)[: max(1, max_positions // block_size)]
+    if len(x) == 0:
+        fail(f"new_token_mass needs at least {block_size} tokens of text")
+    dev = model.get_input_embeddings().weight.device
+    mass = [
+        model(input_ids=row[None].to(dev)).logits.float().softmax(-1)[..., n_old:].sum(-1).cpu() for row in x
+    ]  # one block at a time
+    return torch.cat(mass).mean().item()
+
+# %% ../nbs/20_embed_init.ipynb #82e1f02d
+def plot_bpc(df, title: str = ""):
+    """Grouped bars of bits per character (columns 'zh', 'en') for each row of `df` (the base first); returns the
+    Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, lang, name in zip(axes, ("zh", "en"), ("held-out Chinese", "held-out English")):
+        vals = df[lang]
+        colors = ["#888"] + ["C0"] * (len(df) - 1)
+        ax.bar(range(len(df)), vals, color=colors)
+        ax.axhline(vals.iloc[0], color="#888", lw=0.8, ls="--")
+        ax.set_xticks(range(len(df)), df.index, rotation=20, ha="right")
+        ax.set_title(name)
+        ax.set_ylim(min(vals) * 0.9, max(vals) * 1.04)
+        ax.set_ylabel("bits per character")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/20_embed_init.ipynb #1e54e9b6
 NEEDS_MODEL = CALIBRATED  # methods whose rows need forward passes through the whole base
 
@@ -360,43 +397,6 @@ def peak_extra_bytes(
         "init_chunk_bytes": init,
         "peak_bytes": max(resize, init),
     }
-
-# %% ../nbs/20_embed_init.ipynb #85508d7a
-@torch.no_grad()
-def new_token_mass(
-    model, tok, texts: list[str], n_old: int, block_size: int = 256, max_positions: int = 1024
-) -> float:
-    "Average total probability that `model` gives to tokens with id >= `n_old` over positions of `texts`."
-    x = pack_documents(texts, tok, block_size)[: max(1, max_positions // block_size)]
-    if len(x) == 0:
-        fail(f"new_token_mass needs at least {block_size} tokens of text")
-    dev = model.get_input_embeddings().weight.device
-    mass = [
-        model(input_ids=row[None].to(dev)).logits.float().softmax(-1)[..., n_old:].sum(-1).cpu() for row in x
-    ]  # one block at a time
-    return torch.cat(mass).mean().item()
-
-# %% ../nbs/20_embed_init.ipynb #82e1f02d
-def plot_bpc(df, title: str = ""):
-    """Grouped bars of bits per character (columns 'zh', 'en') for each row of `df` (the base first); returns the
-    Figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, lang, name in zip(axes, ("zh", "en"), ("held-out Chinese", "held-out English")):
-        vals = df[lang]
-        colors = ["#888"] + ["C0"] * (len(df) - 1)
-        ax.bar(range(len(df)), vals, color=colors)
-        ax.axhline(vals.iloc[0], color="#888", lw=0.8, ls="--")
-        ax.set_xticks(range(len(df)), df.index, rotation=20, ha="right")
-        ax.set_title(name)
-        ax.set_ylim(min(vals) * 0.9, max(vals) * 1.04)
-        ax.set_ylabel("bits per character")
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/20_embed_init.ipynb #7e6dfdd1
 @dataclass

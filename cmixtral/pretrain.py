@@ -32,12 +32,12 @@ from .vocab import merged_tokenizer_path
 # %% auto #0
 __all__ = ['ROLES', 'STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report',
            'check_qlora', 'trainable_groups', 'module_role', 'layer_roles', 'plot_layer_roles', 'check_inputs',
-           'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume', 'TrainingStopped', 'stop_requested',
-           'agree_any', 'stop_callback', 'training_args', 'train_model', 'trainer_class', 'dense_expert_dispatch',
-           'mixture_texts', 'block_dataset', 'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'process_rank',
-           'join_process_group', 'barrier', 'main_process_first', 'pretrain_dir', 'finished_training', 'train_adapter',
+           'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume', 'mixture_texts', 'block_dataset',
+           'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'finished_training', 'train_adapter',
            'train_arm', 'heldout_bpc', 'curve', 'arm_gaps', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
-           'make_parser', 'train_command', 'run_entry_point', 'main']
+           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
+           'trainer_class', 'dense_expert_dispatch', 'process_rank', 'join_process_group', 'barrier',
+           'main_process_first', 'make_parser', 'train_command', 'run_entry_point', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -413,6 +413,314 @@ def check_resume(out_dir, fingerprint: str, resume: bool = True) -> Path | None:
         )
     return cp
 
+# %% ../nbs/40_pretrain.ipynb #8afa134a
+def mixture_texts(
+    run_dir, mixture, split: str = "train", chars: int = 0, zh_share: float = 0.5, seed: int = 0
+) -> dict[str, list[str]]:
+    """Documents per language from the mixture's datasets' `split` files: `chars*zh_share` Chinese characters, the
+    rest English (0: all; the last document of each dataset is cut to fit)."""
+    reg = read_registry(registry_path(run_dir))
+    by_lang = {}
+    for w, name in parse_mixture(mixture):
+        by_lang.setdefault(dataset_entry(reg, name).get("lang", "zh"), []).append((w, name))
+    out = {}
+    for lang, items in by_lang.items():
+        budget = chars * (zh_share if lang == "zh" else 1 - zh_share)
+        total_w = sum(w for w, _ in items)
+        out[lang] = []
+        for w, name in items:
+            path = dataset_paths(run_dir, name, split, reg)[0]
+            if not path.exists():
+                fail(f"dataset '{name}' has no {split} file {path}; run the data stage")
+            docs, want = read_jsonl(path), round(budget * w / total_w)
+            if chars and not want:
+                continue
+            order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(docs))
+            out[lang] += cut_texts(
+                (docs[i] for i in order), want if chars else 0
+            )  # the last document is cut to the budget
+    return out
+
+
+def block_dataset(texts: list[str], tok, block_size: int):
+    """A `datasets.Dataset` of `input_ids` blocks: `texts` framed by BOS/EOS, concatenated and cut into `block_size`
+    tokens."""
+    from datasets import Dataset
+
+    x = pack_documents(texts, tok, block_size) if texts else torch.zeros(0, block_size, dtype=torch.long)
+    return Dataset.from_dict({"input_ids": x.tolist()})
+
+# %% ../nbs/40_pretrain.ipynb #90ce3050
+def arm_tokenizer_path(run_dir, arm: str) -> Path:
+    "Mixtral's tokenizer for the base-vocab arm, the merged tokenizer for the others."
+    return base_tokenizer_path(run_dir) if arm == "base-vocab" else merged_tokenizer_path(run_dir)
+
+
+def prepare_arm_model(
+    run_dir, arm: str, out_dir, pad_to_multiple_of: int = 64, seed: int = 0, E: EmbedInitConfig | None = None
+) -> Path:
+    """Write the arm's starting model (with its tokenizer) to `out_dir` unless it is there from the same base; return
+    `out_dir`."""
+    out_dir, E = (
+        Path(out_dir),
+        E or EmbedInitConfig(),
+    )  # E: the embed_init section (chunk, calibration text, block size)
+    if arm != "base-vocab" and arm not in METHODS:
+        fail(f"unknown arm '{arm}' (use base-vocab or one of {', '.join(METHODS)})")
+    src = {
+        "arm": arm,
+        "pad": pad_to_multiple_of,
+        "seed": seed,
+        "base": light_checksum(base_model_path(run_dir)),
+        "tokenizer": light_checksum(arm_tokenizer_path(run_dir, arm)),
+    }
+    if arm in CALIBRATED:
+        src["calibration"] = {"chars": E.calib_chars, "block_size": E.block_size}
+    if (
+        (out_dir / "config.json").exists()
+        and (out_dir / "source.json").exists()
+        and read_json(out_dir / "source.json") == src
+    ):
+        return out_dir
+    seed_everything(seed)
+    base, tok = base_model_path(run_dir), load_mixtral_tokenizer(arm_tokenizer_path(run_dir, arm))
+    rows = {}  # base-vocab: the base as it is (its shards linked)
+    if arm != "base-vocab":
+        old_tok = load_mixtral_tokenizer(base_tokenizer_path(run_dir))
+        calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
+        rows, _ = init_rows(base, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
+    # rows computed in float32, appended in the base's stored dtype; the other tensors are the base's bytes
+    return grow_model(base, out_dir, rows, tok, extra={"source.json": src})
+
+# %% ../nbs/40_pretrain.ipynb #92fc0f19
+def arm_data(run_dir, cfg: Config, S: PretrainConfig, tok) -> dict:
+    "Train and dev datasets of one arm (the same documents for every arm) with their characters and tokens."
+    mixture, seed = S.mixture or section(cfg, "data", DataConfig).mixture, cfg.seed
+    if S.train_chars:
+        tr = mixture_texts(run_dir, mixture, "train", S.train_chars, S.zh_share, seed)
+        docs = [d for lang in sorted(tr) for d in tr[lang]]
+        docs = [docs[i] for i in np.random.default_rng(seed).permutation(len(docs))]
+        train = block_dataset(docs, tok, S.block_size)
+        train_chars = sum(map(len, docs))
+        train_tokens = sum(
+            len(x) + 2 for x in tok(docs, add_special_tokens=False)["input_ids"]
+        )  # with <s> and </s>
+    else:  # the whole packed mixture of the data stage
+        train = load_mixture(run_dir, mixture, "train", seed)
+        train_chars = None
+        train_tokens = len(train) * S.block_size
+    dev = mixture_texts(run_dir, mixture, "dev", 2 * S.dev_chars, 0.5, seed)
+    evals = {lang: block_dataset(t, tok, S.block_size) for lang, t in sorted(dev.items())}
+    evals = {k: v for k, v in evals.items() if len(v)}
+    dev_tpc = {
+        lang: sum(len(x) + 2 for x in tok(t, add_special_tokens=False)["input_ids"])
+        / max(1, sum(map(len, t)))
+        for lang, t in dev.items()
+    }
+    return {
+        "train": train,
+        "eval": evals,
+        "train_chars": train_chars,
+        "train_tokens": train_tokens,
+        "dev_tokens_per_char": dev_tpc,
+    }
+
+# %% ../nbs/40_pretrain.ipynb #ce5561bd
+def pretrain_dir(run_dir) -> Path:
+    return Path(run_dir) / "pretrain"
+
+
+def finished_training(adapter_dir) -> dict | None:
+    "The record a finished training left in its adapter folder (fingerprint, world size, steps, log), or None."
+    p = Path(adapter_dir) / "training.json"
+    return read_json(p) if p.exists() else None
+
+
+def train_adapter(
+    init, S, tok, train_ds, eval_ds, trainer_dir, adapter_dir, T, resume=True, stop_after=0, tag=""
+) -> tuple:
+    """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
+    `training.json` record; if `adapter_dir` holds this same training finished (by any number of processes, e.g.
+    a torchrun job), load it instead. Returns (model, log history)."""
+    from transformers import AutoConfig
+
+    adapter_dir = Path(adapter_dir)
+    done, mcfg = finished_training(adapter_dir), AutoConfig.from_pretrained(init)
+    if done and done["fingerprint"] == run_fingerprint(mcfg, len(tok), train_ds, T, done["world_size"], tag):
+        get_logger().info(
+            f"{adapter_dir}: trained earlier by {done['world_size']} process(es) to step {done['global_step']}"
+        )
+        return load_model(init, S.quant if S.quant.load_in_4bit else None, adapter=adapter_dir), done["log"]
+    seed_everything(T.seed)
+    model = load_qlora_model(init, S)
+    log = train_model(model, tok, train_ds, eval_ds, trainer_dir, T, resume, stop_after, tag)
+    if process_rank() == 0:
+        info = read_json(Path(trainer_dir) / "run_info.json")
+        save_model(model, adapter_dir, tok)
+        steps = max([r.get("step", 0) for r in log] or [0])
+        write_json(adapter_dir / "training.json", {**info, "global_step": steps, "log": log})
+    barrier()
+    return model, log
+
+
+def train_arm(
+    run_dir, cfg: Config, S: PretrainConfig, arm: str, stop_after: int = 0, max_steps: int = 0
+) -> dict:
+    """Train one arm: starting model, data, input checks, QLoRA training (resumable, or reused when a torchrun job
+    finished it), adapter + log CSV; returns paths and numbers."""
+    from transformers import AutoConfig
+    import pandas as pd
+
+    adir = pretrain_dir(run_dir) / "arms" / arm
+    T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
+    with main_process_first(T.ddp_timeout):  # rank 0 writes the arm's starting model
+        init = prepare_arm_model(
+            run_dir,
+            arm,
+            adir / "init",
+            S.pad_to_multiple_of,
+            cfg.seed,
+            section(cfg, "embed_init", EmbedInitConfig),
+        )
+    tok = load_mixtral_tokenizer(init / "tokenizer.model")
+    d = arm_data(run_dir, cfg, S, tok)
+    check_inputs(
+        AutoConfig.from_pretrained(init), tok, d["train"], S.block_size, max(128, S.pad_to_multiple_of)
+    )
+    tag = light_checksum(init)
+    model, log = train_adapter(
+        init, S, tok, d["train"], d["eval"], adir / "trainer", adir / "adapter", T, S.resume, stop_after, tag
+    )
+    if process_rank() == 0:
+        pd.DataFrame(log).to_csv(adir / "log.csv", index=False)
+    return {
+        "arm": arm,
+        "model": model,
+        "tokenizer": tok,
+        "init": init,
+        "adapter": adir / "adapter",
+        "log": log,
+        "world_size": finished_training(adir / "adapter")["world_size"],
+        **{k: v for k, v in d.items() if k not in ("train", "eval")},
+        "train_blocks": len(d["train"]),
+    }
+
+# %% ../nbs/40_pretrain.ipynb #ba5d73bb
+@torch.no_grad()
+def heldout_bpc(model, tok, texts: dict, block_size: int) -> dict:
+    "Bits per character of `model` on each language's held-out texts."
+    return {lang: bits_per_char(model, tok, t, block_size)["bpc"] for lang, t in texts.items()}
+
+
+def curve(log: list[dict], chars_per_step: float, dev_tpc: dict):
+    "The dev curve of one arm: training characters against dev bits per character per language (a pandas table)."
+    import pandas as pd
+
+    rows = [
+        {
+            "step": r["step"],
+            "train_chars": r["step"] * chars_per_step,
+            **{
+                f"dev_bpc_{lang}": r[f"eval_{lang}_loss"] / math.log(2) * dev_tpc[lang]
+                for lang in dev_tpc
+                if f"eval_{lang}_loss" in r
+            },
+        }
+        for r in log
+        if any(k.startswith("eval_") and k.endswith("_loss") for k in r)
+    ]
+    if not rows:
+        return pd.DataFrame(columns=["step", "train_chars"])
+    return (
+        pd.DataFrame(rows).groupby("step", as_index=False).first()
+    )  # the Trainer logs each dev set on its own row
+
+
+def arm_gaps(curves: dict, ref: str = "normal") -> dict:
+    """{arm: DataFrame(train_chars, gap_zh, gap_en)}: each arm's dev bits per character minus `ref`'s at the same
+    number of training characters (`ref`'s curve interpolated, since arms with fewer tokens per character take
+    fewer steps)."""
+    import numpy as np, pandas as pd
+
+    r, out = curves[ref], {}
+    for arm, df in curves.items():
+        if arm == ref:
+            continue
+        g = pd.DataFrame({"train_chars": df.train_chars})
+        for lang in ("zh", "en"):
+            if f"dev_bpc_{lang}" in df and f"dev_bpc_{lang}" in r:
+                g[f"gap_{lang}"] = df[f"dev_bpc_{lang}"] - np.interp(
+                    df.train_chars, r.train_chars, r[f"dev_bpc_{lang}"]
+                )
+        out[arm] = g
+    return out
+
+
+def plot_arms(curves: dict, title: str = "", ref: str = "normal", gap_arms: list | None = None):
+    """Dev bits per character against training characters, one line per arm, Chinese left and English right; below
+    them (when `ref` is an arm) the difference from `ref` of each of `gap_arms` (default: every other arm), where gaps
+    of a few hundredths show. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    gaps = arm_gaps(curves, ref) if ref in curves else {}
+    gaps = {a: g for a, g in gaps.items() if gap_arms is None or a in gap_arms}
+    rows = 2 if gaps else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 3.3 * rows), squeeze=False, sharex="col")
+    colour = {arm: f"C{i}" for i, arm in enumerate(curves)}
+    for arm, df in curves.items():
+        for ax, lang in zip(axes[0], ("zh", "en")):
+            if f"dev_bpc_{lang}" in df:
+                ax.plot(
+                    df.train_chars / 1e3,
+                    df[f"dev_bpc_{lang}"],
+                    marker="o",
+                    ms=3,
+                    color=colour[arm],
+                    label=arm,
+                )
+    for arm, g in gaps.items():
+        for ax, lang in zip(axes[1], ("zh", "en")):
+            if f"gap_{lang}" in g:
+                ax.plot(g.train_chars / 1e3, g[f"gap_{lang}"], marker="o", ms=3, color=colour[arm], label=arm)
+    for c, lang in enumerate(("Chinese", "English")):
+        axes[0][c].set_title(f"{lang} dev text")
+        axes[0][c].set_ylabel("dev bits per character")
+        if gaps:
+            axes[1][c].axhline(0, color=colour[ref], lw=1, label=f"{ref} (zero line)")
+            axes[1][c].set_ylabel(f"minus {ref} (bits per character)")
+        axes[-1][c].set_xlabel("training characters (thousands)")
+        for ax in axes[:, c]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/40_pretrain.ipynb #576f491f
+def plot_train_loss(log: list[dict], title: str = ""):
+    "Training loss (and dev losses) against optimizer step from a Trainer log history; returns the Figure."
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    tr = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    ax.plot(*zip(*tr), label="train") if tr else None
+    for k in sorted({k for r in log for k in r if k.startswith("eval_") and k.endswith("_loss")}):
+        ev = [(r["step"], r[k]) for r in log if k in r]
+        ax.plot(*zip(*ev), marker="o", ms=3, label=k.removeprefix("eval_").removesuffix("_loss") + " dev")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/40_pretrain.ipynb #91c96ff2
+def pretrained_paths(run_dir) -> tuple[Path, Path]:
+    "(base model dir, adapter dir) that the pretrain stage saved for its main arm."
+    read_manifest(run_dir, "pretrain")
+    return pretrain_dir(run_dir) / "base", pretrain_dir(run_dir) / "adapter"
+
 # %% ../nbs/40_pretrain.ipynb #a9b63cc3
 class TrainingStopped(CmixtralError):
     "Training stopped at a saved checkpoint because the job was asked to stop; rerunning resumes from it."
@@ -627,118 +935,6 @@ def dense_expert_dispatch(model) -> int:
             n += 1
     return n
 
-# %% ../nbs/40_pretrain.ipynb #8afa134a
-def mixture_texts(
-    run_dir, mixture, split: str = "train", chars: int = 0, zh_share: float = 0.5, seed: int = 0
-) -> dict[str, list[str]]:
-    """Documents per language from the mixture's datasets' `split` files: `chars*zh_share` Chinese characters, the
-    rest English (0: all; the last document of each dataset is cut to fit)."""
-    reg = read_registry(registry_path(run_dir))
-    by_lang = {}
-    for w, name in parse_mixture(mixture):
-        by_lang.setdefault(dataset_entry(reg, name).get("lang", "zh"), []).append((w, name))
-    out = {}
-    for lang, items in by_lang.items():
-        budget = chars * (zh_share if lang == "zh" else 1 - zh_share)
-        total_w = sum(w for w, _ in items)
-        out[lang] = []
-        for w, name in items:
-            path = dataset_paths(run_dir, name, split, reg)[0]
-            if not path.exists():
-                fail(f"dataset '{name}' has no {split} file {path}; run the data stage")
-            docs, want = read_jsonl(path), round(budget * w / total_w)
-            if chars and not want:
-                continue
-            order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(docs))
-            out[lang] += cut_texts(
-                (docs[i] for i in order), want if chars else 0
-            )  # the last document is cut to the budget
-    return out
-
-
-def block_dataset(texts: list[str], tok, block_size: int):
-    """A `datasets.Dataset` of `input_ids` blocks: `texts` framed by BOS/EOS, concatenated and cut into `block_size`
-    tokens."""
-    from datasets import Dataset
-
-    x = pack_documents(texts, tok, block_size) if texts else torch.zeros(0, block_size, dtype=torch.long)
-    return Dataset.from_dict({"input_ids": x.tolist()})
-
-# %% ../nbs/40_pretrain.ipynb #90ce3050
-def arm_tokenizer_path(run_dir, arm: str) -> Path:
-    "Mixtral's tokenizer for the base-vocab arm, the merged tokenizer for the others."
-    return base_tokenizer_path(run_dir) if arm == "base-vocab" else merged_tokenizer_path(run_dir)
-
-
-def prepare_arm_model(
-    run_dir, arm: str, out_dir, pad_to_multiple_of: int = 64, seed: int = 0, E: EmbedInitConfig | None = None
-) -> Path:
-    """Write the arm's starting model (with its tokenizer) to `out_dir` unless it is there from the same base; return
-    `out_dir`."""
-    out_dir, E = (
-        Path(out_dir),
-        E or EmbedInitConfig(),
-    )  # E: the embed_init section (chunk, calibration text, block size)
-    if arm != "base-vocab" and arm not in METHODS:
-        fail(f"unknown arm '{arm}' (use base-vocab or one of {', '.join(METHODS)})")
-    src = {
-        "arm": arm,
-        "pad": pad_to_multiple_of,
-        "seed": seed,
-        "base": light_checksum(base_model_path(run_dir)),
-        "tokenizer": light_checksum(arm_tokenizer_path(run_dir, arm)),
-    }
-    if arm in CALIBRATED:
-        src["calibration"] = {"chars": E.calib_chars, "block_size": E.block_size}
-    if (
-        (out_dir / "config.json").exists()
-        and (out_dir / "source.json").exists()
-        and read_json(out_dir / "source.json") == src
-    ):
-        return out_dir
-    seed_everything(seed)
-    base, tok = base_model_path(run_dir), load_mixtral_tokenizer(arm_tokenizer_path(run_dir, arm))
-    rows = {}  # base-vocab: the base as it is (its shards linked)
-    if arm != "base-vocab":
-        old_tok = load_mixtral_tokenizer(base_tokenizer_path(run_dir))
-        calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
-        rows, _ = init_rows(base, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
-    # rows computed in float32, appended in the base's stored dtype; the other tensors are the base's bytes
-    return grow_model(base, out_dir, rows, tok, extra={"source.json": src})
-
-# %% ../nbs/40_pretrain.ipynb #92fc0f19
-def arm_data(run_dir, cfg: Config, S: PretrainConfig, tok) -> dict:
-    "Train and dev datasets of one arm (the same documents for every arm) with their characters and tokens."
-    mixture, seed = S.mixture or section(cfg, "data", DataConfig).mixture, cfg.seed
-    if S.train_chars:
-        tr = mixture_texts(run_dir, mixture, "train", S.train_chars, S.zh_share, seed)
-        docs = [d for lang in sorted(tr) for d in tr[lang]]
-        docs = [docs[i] for i in np.random.default_rng(seed).permutation(len(docs))]
-        train = block_dataset(docs, tok, S.block_size)
-        train_chars = sum(map(len, docs))
-        train_tokens = sum(
-            len(x) + 2 for x in tok(docs, add_special_tokens=False)["input_ids"]
-        )  # with <s> and </s>
-    else:  # the whole packed mixture of the data stage
-        train = load_mixture(run_dir, mixture, "train", seed)
-        train_chars = None
-        train_tokens = len(train) * S.block_size
-    dev = mixture_texts(run_dir, mixture, "dev", 2 * S.dev_chars, 0.5, seed)
-    evals = {lang: block_dataset(t, tok, S.block_size) for lang, t in sorted(dev.items())}
-    evals = {k: v for k, v in evals.items() if len(v)}
-    dev_tpc = {
-        lang: sum(len(x) + 2 for x in tok(t, add_special_tokens=False)["input_ids"])
-        / max(1, sum(map(len, t)))
-        for lang, t in dev.items()
-    }
-    return {
-        "train": train,
-        "eval": evals,
-        "train_chars": train_chars,
-        "train_tokens": train_tokens,
-        "dev_tokens_per_char": dev_tpc,
-    }
-
 # %% ../nbs/40_pretrain.ipynb #bb5db455
 def process_rank() -> int:
     "This process's rank among torchrun's processes (0 without torchrun)."
@@ -775,202 +971,6 @@ def main_process_first(timeout_s: int = 1800):
     yield
     if process_rank() == 0:
         barrier(timeout_s)
-
-# %% ../nbs/40_pretrain.ipynb #ce5561bd
-def pretrain_dir(run_dir) -> Path:
-    return Path(run_dir) / "pretrain"
-
-
-def finished_training(adapter_dir) -> dict | None:
-    "The record a finished training left in its adapter folder (fingerprint, world size, steps, log), or None."
-    p = Path(adapter_dir) / "training.json"
-    return read_json(p) if p.exists() else None
-
-
-def train_adapter(
-    init, S, tok, train_ds, eval_ds, trainer_dir, adapter_dir, T, resume=True, stop_after=0, tag=""
-) -> tuple:
-    """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
-    `training.json` record; if `adapter_dir` holds this same training finished (by any number of processes, e.g.
-    a torchrun job), load it instead. Returns (model, log history)."""
-    from transformers import AutoConfig
-
-    adapter_dir = Path(adapter_dir)
-    done, mcfg = finished_training(adapter_dir), AutoConfig.from_pretrained(init)
-    if done and done["fingerprint"] == run_fingerprint(mcfg, len(tok), train_ds, T, done["world_size"], tag):
-        get_logger().info(
-            f"{adapter_dir}: trained earlier by {done['world_size']} process(es) to step {done['global_step']}"
-        )
-        return load_model(init, S.quant if S.quant.load_in_4bit else None, adapter=adapter_dir), done["log"]
-    seed_everything(T.seed)
-    model = load_qlora_model(init, S)
-    log = train_model(model, tok, train_ds, eval_ds, trainer_dir, T, resume, stop_after, tag)
-    if process_rank() == 0:
-        info = read_json(Path(trainer_dir) / "run_info.json")
-        save_model(model, adapter_dir, tok)
-        steps = max([r.get("step", 0) for r in log] or [0])
-        write_json(adapter_dir / "training.json", {**info, "global_step": steps, "log": log})
-    barrier()
-    return model, log
-
-
-def train_arm(
-    run_dir, cfg: Config, S: PretrainConfig, arm: str, stop_after: int = 0, max_steps: int = 0
-) -> dict:
-    """Train one arm: starting model, data, input checks, QLoRA training (resumable, or reused when a torchrun job
-    finished it), adapter + log CSV; returns paths and numbers."""
-    from transformers import AutoConfig
-    import pandas as pd
-
-    adir = pretrain_dir(run_dir) / "arms" / arm
-    T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
-    with main_process_first(T.ddp_timeout):  # rank 0 writes the arm's starting model
-        init = prepare_arm_model(
-            run_dir,
-            arm,
-            adir / "init",
-            S.pad_to_multiple_of,
-            cfg.seed,
-            section(cfg, "embed_init", EmbedInitConfig),
-        )
-    tok = load_mixtral_tokenizer(init / "tokenizer.model")
-    d = arm_data(run_dir, cfg, S, tok)
-    check_inputs(
-        AutoConfig.from_pretrained(init), tok, d["train"], S.block_size, max(128, S.pad_to_multiple_of)
-    )
-    tag = light_checksum(init)
-    model, log = train_adapter(
-        init, S, tok, d["train"], d["eval"], adir / "trainer", adir / "adapter", T, S.resume, stop_after, tag
-    )
-    if process_rank() == 0:
-        pd.DataFrame(log).to_csv(adir / "log.csv", index=False)
-    return {
-        "arm": arm,
-        "model": model,
-        "tokenizer": tok,
-        "init": init,
-        "adapter": adir / "adapter",
-        "log": log,
-        "world_size": finished_training(adir / "adapter")["world_size"],
-        **{k: v for k, v in d.items() if k not in ("train", "eval")},
-        "train_blocks": len(d["train"]),
-    }
-
-# %% ../nbs/40_pretrain.ipynb #ba5d73bb
-@torch.no_grad()
-def heldout_bpc(model, tok, texts: dict, block_size: int) -> dict:
-    "Bits per character of `model` on each language's held-out texts."
-    return {lang: bits_per_char(model, tok, t, block_size)["bpc"] for lang, t in texts.items()}
-
-
-def curve(log: list[dict], chars_per_step: float, dev_tpc: dict):
-    "The dev curve of one arm: training characters against dev bits per character per language (a pandas table)."
-    import pandas as pd
-
-    rows = [
-        {
-            "step": r["step"],
-            "train_chars": r["step"] * chars_per_step,
-            **{
-                f"dev_bpc_{lang}": r[f"eval_{lang}_loss"] / math.log(2) * dev_tpc[lang]
-                for lang in dev_tpc
-                if f"eval_{lang}_loss" in r
-            },
-        }
-        for r in log
-        if any(k.startswith("eval_") and k.endswith("_loss") for k in r)
-    ]
-    if not rows:
-        return pd.DataFrame(columns=["step", "train_chars"])
-    return (
-        pd.DataFrame(rows).groupby("step", as_index=False).first()
-    )  # the Trainer logs each dev set on its own row
-
-
-def arm_gaps(curves: dict, ref: str = "normal") -> dict:
-    """{arm: DataFrame(train_chars, gap_zh, gap_en)}: each arm's dev bits per character minus `ref`'s at the same
-    number of training characters (`ref`'s curve interpolated, since arms with fewer tokens per character take
-    fewer steps)."""
-    import numpy as np, pandas as pd
-
-    r, out = curves[ref], {}
-    for arm, df in curves.items():
-        if arm == ref:
-            continue
-        g = pd.DataFrame({"train_chars": df.train_chars})
-        for lang in ("zh", "en"):
-            if f"dev_bpc_{lang}" in df and f"dev_bpc_{lang}" in r:
-                g[f"gap_{lang}"] = df[f"dev_bpc_{lang}"] - np.interp(
-                    df.train_chars, r.train_chars, r[f"dev_bpc_{lang}"]
-                )
-        out[arm] = g
-    return out
-
-
-def plot_arms(curves: dict, title: str = "", ref: str = "normal", gap_arms: list | None = None):
-    """Dev bits per character against training characters, one line per arm, Chinese left and English right; below
-    them (when `ref` is an arm) the difference from `ref` of each of `gap_arms` (default: every other arm), where gaps
-    of a few hundredths show. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    gaps = arm_gaps(curves, ref) if ref in curves else {}
-    gaps = {a: g for a, g in gaps.items() if gap_arms is None or a in gap_arms}
-    rows = 2 if gaps else 1
-    fig, axes = plt.subplots(rows, 2, figsize=(9, 3.3 * rows), squeeze=False, sharex="col")
-    colour = {arm: f"C{i}" for i, arm in enumerate(curves)}
-    for arm, df in curves.items():
-        for ax, lang in zip(axes[0], ("zh", "en")):
-            if f"dev_bpc_{lang}" in df:
-                ax.plot(
-                    df.train_chars / 1e3,
-                    df[f"dev_bpc_{lang}"],
-                    marker="o",
-                    ms=3,
-                    color=colour[arm],
-                    label=arm,
-                )
-    for arm, g in gaps.items():
-        for ax, lang in zip(axes[1], ("zh", "en")):
-            if f"gap_{lang}" in g:
-                ax.plot(g.train_chars / 1e3, g[f"gap_{lang}"], marker="o", ms=3, color=colour[arm], label=arm)
-    for c, lang in enumerate(("Chinese", "English")):
-        axes[0][c].set_title(f"{lang} dev text")
-        axes[0][c].set_ylabel("dev bits per character")
-        if gaps:
-            axes[1][c].axhline(0, color=colour[ref], lw=1, label=f"{ref} (zero line)")
-            axes[1][c].set_ylabel(f"minus {ref} (bits per character)")
-        axes[-1][c].set_xlabel("training characters (thousands)")
-        for ax in axes[:, c]:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/40_pretrain.ipynb #576f491f
-def plot_train_loss(log: list[dict], title: str = ""):
-    "Training loss (and dev losses) against optimizer step from a Trainer log history; returns the Figure."
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    tr = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    ax.plot(*zip(*tr), label="train") if tr else None
-    for k in sorted({k for r in log for k in r if k.startswith("eval_") and k.endswith("_loss")}):
-        ev = [(r["step"], r[k]) for r in log if k in r]
-        ax.plot(*zip(*ev), marker="o", ms=3, label=k.removeprefix("eval_").removesuffix("_loss") + " dev")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/40_pretrain.ipynb #91c96ff2
-def pretrained_paths(run_dir) -> tuple[Path, Path]:
-    "(base model dir, adapter dir) that the pretrain stage saved for its main arm."
-    read_manifest(run_dir, "pretrain")
-    return pretrain_dir(run_dir) / "base", pretrain_dir(run_dir) / "adapter"
 
 # %% ../nbs/40_pretrain.ipynb #b55f9faa
 def make_parser(subparsers=None) -> argparse.ArgumentParser:

@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
-           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'README_IMAGES', 'LIBRARY_CHAPTERS',
-           'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file', 'page_cell',
-           'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars', 'noto_cjk_package',
-           'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path', 'use_cjk_font',
-           'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens', 'notebook_pages_plugin',
-           'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site', 'adopt_outputs',
-           'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures',
-           'write_figures', 'readme_text', 'write_readme']
+           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'NOISE_LINES', 'README_IMAGES',
+           'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file',
+           'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars',
+           'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path',
+           'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens',
+           'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site',
+           'shown_outputs', 'adopt_outputs', 'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures',
+           'csv_figures', 'run_figures', 'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
@@ -541,6 +541,27 @@ def build_site(out="_site", root=None) -> Path:
     return out
 
 # %% ../nbs/95_docs.ipynb #293e6eb7
+NOISE_LINES = (
+    re.compile(r"\[WARNING\] \[real_accelerator\.py:\d+:get_accelerator\]"),
+)  # DeepSpeed's notice on stdout
+
+
+def shown_outputs(outputs: list) -> list:
+    "The outputs a page shows: no stderr stream, and no line of a stdout stream that is a library's notice (NOISE_LINES)."
+    out = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            if o.get("name") == "stderr":
+                continue
+            text = "".join(o.get("text", ""))
+            kept = [l for l in text.splitlines(keepends=True) if not any(n.search(l) for n in NOISE_LINES)]
+            if not kept:
+                continue
+            o = {**o, "text": kept}
+        out.append(dict(o))
+    return out
+
+
 def adopt_outputs(executed: Path, source: Path) -> int:
     """Copy outputs (less stderr) of `executed`, a papermill copy, into the cells of `source` with the same source;
     return cells updated."""
@@ -549,11 +570,7 @@ def adopt_outputs(executed: Path, source: Path) -> int:
     by_src = {}
     for c in ex["cells"]:
         if c["cell_type"] == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", []):
-            keep = [
-                o
-                for o in c.get("outputs", [])
-                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
-            ]
+            keep = shown_outputs(c.get("outputs", []))
             by_src.setdefault(
                 "".join(c["source"]), keep
             )  # progress bars and log lines (stderr) stay in the run's copy
@@ -637,15 +654,7 @@ def execute_chapter(path, flags=None) -> int:
             outs = shell.run(src)
             if shell.exc:
                 fail(f"{path.name}: code cell {i} raised {type(shell.exc).__name__}: {shell.exc}")
-            keep = (
-                []
-                if src.startswith("#| hide")
-                else [
-                    dict(o)
-                    for o in outs
-                    if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
-                ]
-            )
+            keep = [] if src.startswith("#| hide") else shown_outputs(outs)
             c["outputs"], c["execution_count"] = keep, None
             shown += bool(keep)
     finally:

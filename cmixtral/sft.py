@@ -34,8 +34,8 @@ from .pretrain import train_adapter
 
 # %% auto #0
 __all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat', 'encode_example',
-           'chatterbot_records', 'SftConfig', 'SftSource', 'read_sft_records', 'sft_entry', 'pack_examples',
-           'encode_sft', 'sft_model_path', 'sft_base_source', 'sft_dir', 'prepare_sft_base', 'prepare_sft_data',
+           'chatterbot_records', 'SftSource', 'read_sft_records', 'sft_entry', 'pack_examples', 'encode_sft',
+           'SftConfig', 'sft_model_path', 'sft_base_source', 'sft_dir', 'prepare_sft_base', 'prepare_sft_data',
            'sft_datasets', 'train_sft', 'make_parser', 'sft_train_command', 'main']
 
 # %% ../nbs/50_sft.ipynb #9265b70e
@@ -200,46 +200,6 @@ def chatterbot_records(folder) -> list[dict]:
                 )
     return out
 
-# %% ../nbs/50_sft.ipynb #c4e6448f
-@dataclass
-class SftConfig:
-    "The `sft` section of a config."
-
-    datasets: list[SftSource] = field(
-        default_factory=lambda: [
-            SftSource("chatterbot-zh"),
-            SftSource("chatterbot-en", path="english", lang="en"),
-        ]
-    )
-    mixture: list[str] = field(default_factory=lambda: ["1.0:chatterbot-zh", "0.5:chatterbot-en"])
-    template: str = "mixtral"  # 'mixtral' ([INST] … [/INST]) or 'alpaca'
-    base: str = "auto"  # 'auto' (pretrain if it ran, else embed_init), 'pretrain' or 'embed_init'
-    max_len: int = 128  # tokens per example; longer ones are cut (and counted)
-    block_size: int = 128  # tokens per packed row
-    dev_every: int = 10  # every dev_every-th record is dev
-    max_dev_blocks: int = 16  # dev blocks evaluated during training (0: all)
-    # attention kernel: 'flash_attention_2' (GPUs, the flash-attn package), 'sdpa' or 'eager'
-    attn_implementation: str = "sdpa"
-    quant: QuantSettings = field(default_factory=QuantSettings)  # as pretraining: NF4, double quantisation
-    lora: LoraSettings = field(
-        default_factory=LoraSettings
-    )  # as pretraining: q,k,v,o,w1,w2,w3 + embed_tokens/lm_head
-    train: TrainSettings = field(
-        default_factory=lambda: TrainSettings(
-            lr=1e-3, max_steps=30, eval_steps=10, save_steps=30, logging_steps=2
-        )
-    )
-    resume: bool = True  # a rerun (a requeued job) continues from the last complete checkpoint
-    merge_base: str = "original"  # release the merge into the 'dequantized' NF4 base or the 'original' one
-    merge_eval_chars: int = 6000  # held-out characters per language on which the two merges are compared
-    max_shard_size: str = "20MB"  # merged model's safetensors shard size
-    native: bool = True  # also write MixtralKit's native layout of the merged model and check the round trip
-    samples: SamplesConfig = field(
-        default_factory=lambda: SamplesConfig(
-            prompts=["我的名字是", "中国的首都是", "The capital of France is", "[INST] 你好吗? [/INST]"]
-        )
-    )
-
 # %% ../nbs/50_sft.ipynb #68a5f823
 @dataclass
 class SftSource:
@@ -344,6 +304,46 @@ def encode_sft(
         "trained_tokens": sum(sum(l != -100 for l in e["labels"]) for e in exs),
         "fill": round(n_tok / max(1, len(xs) * block_size), 4),
     }
+
+# %% ../nbs/50_sft.ipynb #c4e6448f
+@dataclass
+class SftConfig:
+    "The `sft` section of a config."
+
+    datasets: list[SftSource] = field(
+        default_factory=lambda: [
+            SftSource("chatterbot-zh"),
+            SftSource("chatterbot-en", path="english", lang="en"),
+        ]
+    )
+    mixture: list[str] = field(default_factory=lambda: ["1.0:chatterbot-zh", "0.5:chatterbot-en"])
+    template: str = "mixtral"  # 'mixtral' ([INST] … [/INST]) or 'alpaca'
+    base: str = "auto"  # 'auto' (pretrain if it ran, else embed_init), 'pretrain' or 'embed_init'
+    max_len: int = 128  # tokens per example; longer ones are cut (and counted)
+    block_size: int = 128  # tokens per packed row
+    dev_every: int = 10  # every dev_every-th record is dev
+    max_dev_blocks: int = 16  # dev blocks evaluated during training (0: all)
+    # attention kernel: 'flash_attention_2' (GPUs, the flash-attn package), 'sdpa' or 'eager'
+    attn_implementation: str = "sdpa"
+    quant: QuantSettings = field(default_factory=QuantSettings)  # as pretraining: NF4, double quantisation
+    lora: LoraSettings = field(
+        default_factory=LoraSettings
+    )  # as pretraining: q,k,v,o,w1,w2,w3 + embed_tokens/lm_head
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(
+            lr=1e-3, max_steps=30, eval_steps=10, save_steps=30, logging_steps=2
+        )
+    )
+    resume: bool = True  # a rerun (a requeued job) continues from the last complete checkpoint
+    merge_base: str = "original"  # release the merge into the 'dequantized' NF4 base or the 'original' one
+    merge_eval_chars: int = 6000  # held-out characters per language on which the two merges are compared
+    max_shard_size: str = "20MB"  # merged model's safetensors shard size
+    native: bool = True  # also write MixtralKit's native layout of the merged model and check the round trip
+    samples: SamplesConfig = field(
+        default_factory=lambda: SamplesConfig(
+            prompts=["我的名字是", "中国的首都是", "The capital of France is", "[INST] 你好吗? [/INST]"]
+        )
+    )
 
 # %% ../nbs/50_sft.ipynb #a64e7eb7
 def sft_model_path(run_dir) -> Path:

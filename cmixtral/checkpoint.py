@@ -714,12 +714,12 @@ def dequantize_to_dir(model_dir, out_dir, Q: QuantSettings | None = None, max_sh
             n += quantised
             writer.add(k, dequantized_tensor(w, Q) if quantised else w.to(compute_dtype(Q)))
         info = writer.close()
-        copy_model_files(folder, tmp)
-        cfg = read_json(tmp / "config.json")
-        cfg["torch_dtype"] = cfg["dtype"] = str(compute_dtype(Q)).removeprefix(
-            "torch."
-        )  # both names: 4.57 reads either
-        write_json(tmp / "config.json", cfg)
+        # the dtype under both names: transformers 4.57 reads `dtype` first, then `torch_dtype`
+        dtype = str(compute_dtype(Q)).removeprefix("torch.")
+        write_json(
+            tmp / "config.json", {**read_json(folder / "config.json"), "torch_dtype": dtype, "dtype": dtype}
+        )
+        copy_model_files(folder, tmp, names=("generation_config.json",))
         copy_tokenizer_files(folder, tmp)
     return {**info, "quantised_tensors": n}
 

@@ -10,8 +10,8 @@ __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUAT
            'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path',
            'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens',
            'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site',
-           'shown_outputs', 'adopt_outputs', 'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures',
-           'csv_figures', 'run_figures', 'write_figures', 'readme_text', 'write_readme']
+           'write_notebook', 'shown_outputs', 'adopt_outputs', 'adopt_images', 'adopt_run', 'execute_chapter',
+           'flat_figures', 'csv_figures', 'run_figures', 'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
@@ -546,6 +546,12 @@ NOISE_LINES = (
 )  # DeepSpeed's notice on stdout
 
 
+def write_notebook(path, nb: dict):
+    "Write notebook JSON `nb` to `path` atomically, as the notebooks in nbs/ are laid out (one-space indent, UTF-8)."
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def shown_outputs(outputs: list) -> list:
     "The outputs a page shows: no stderr stream, and no line of a stdout stream that is a library's notice (NOISE_LINES)."
     out = []
@@ -580,8 +586,7 @@ def adopt_outputs(executed: Path, source: Path) -> int:
             c["outputs"] = by_src["".join(c["source"])]
             c["execution_count"] = None
             n += 1
-    with atomic_path(source) as tmp:
-        tmp.write_text(json.dumps(src, indent=1, ensure_ascii=False) + "\n")
+    write_notebook(source, src)
     return n
 
 
@@ -659,8 +664,7 @@ def execute_chapter(path, flags=None) -> int:
             shown += bool(keep)
     finally:
         os.chdir(cwd)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_notebook(path, nb)
     return shown
 
 # %% ../nbs/95_docs.ipynb #e807d3b7

@@ -241,16 +241,15 @@ def layer_roles(model, layer: int = 0) -> dict[str, str]:
         "router gate": p + "block_sparse_moe.gate",
         **{proj: p + f"self_attn.{proj}" for proj in ("q_proj", "k_proj", "v_proj", "o_proj")},
     }
-    n_exp = model.config.num_local_experts
+    out = {k: module_role(mods[v]) for k, v in wanted.items()}
     for w in ("w1", "w2", "w3"):
-        roles = {module_role(mods[p + f"block_sparse_moe.experts.{e}.{w}"]) for e in range(n_exp)}
-        wanted[f"experts.{w}"] = None
+        roles = {
+            module_role(mods[p + f"block_sparse_moe.experts.{e}.{w}"])
+            for e in range(model.config.num_local_experts)
+        }
         if len(roles) != 1:
             fail(f"experts of layer {layer} differ in how {w} is treated: {sorted(roles)}")
-    out = {k: module_role(mods[v]) for k, v in wanted.items() if v is not None}
-    out |= {
-        f"experts.{w}": module_role(mods[p + f"block_sparse_moe.experts.0.{w}"]) for w in ("w1", "w2", "w3")
-    }
+        out[f"experts.{w}"] = roles.pop()
     return out
 
 

@@ -1,13 +1,15 @@
 """Wall time of `make install` into an empty venv, step by step, and a check of what it installed.
 
-    python bench/install.py [--keep] [--no-cache] [--lock constraints.txt]
+    python bench/install.py [--keep] [--no-cache] [--lock constraints.txt] [--pipeline configs/tiny.yaml]
 
 Creates a venv in a temporary directory, asks make for the install recipe with PY=<the venv's python>
 (`make -n install`), runs those commands one by one from the repository root and times each. Then checks
 the venv: every installed package (but pip and cmixtral) at its version in the lock and none outside it;
 cmixtral, deepspeed, bitsandbytes, peft and lm_eval import; `cmixtral --help` runs; deepspeed imports
 with DS_ACCELERATOR=cpu. `--no-cache` runs the steps with PIP_NO_CACHE_DIR=1 (nothing from earlier
-downloads or builds); `--keep` keeps the venv and prints its path.
+downloads or builds); `--keep` keeps the venv and prints its path. `--pipeline CONFIG` then runs `bench/pipeline.py --config CONFIG`
+with the venv's python and `cmixtral` (a cold cache and a fresh run directory, `bench/out/fresh-<config>`), and
+writes the first hour of a fresh machine, install and pipeline, to `bench/out/fresh.csv`.
 A benchmark, not a test: the numbers vary with the machine and the network; the goal is under 3 minutes
 on 2 CPU cores with an empty pip cache.
 """
@@ -18,6 +20,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--keep", action="store_true", help="keep the venv")
 ap.add_argument("--no-cache", action="store_true", help="PIP_NO_CACHE_DIR=1 for the install steps")
 ap.add_argument("--lock", default="constraints.txt", help="the lock that `make install` uses")
+ap.add_argument("--pipeline", metavar="CONFIG", help="then run the pipeline on CONFIG in the new venv")
 a = ap.parse_args()
 root = Path(__file__).resolve().parent.parent
 
@@ -117,6 +120,30 @@ print(f"{'total':<100} {total:>8.1f}   ({total / 60:.1f} min; goal: under 3 min 
 print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 for name, ok, detail in checks:
     print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+def run_pipeline(config):
+    "bench/pipeline.py on `config` with the venv first on PATH; (seconds, the stage rows of its bench_times.csv)."
+    out = root/"bench"/"out"/f"fresh-{Path(config).stem}"
+    venv_env = {**os.environ, "PATH": f"{venv/'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
+    t = time.time()
+    r = subprocess.run([str(py), "bench/pipeline.py", "--config", config, "--out", str(out)], cwd=root, env=venv_env)
+    if r.returncode:
+        sys.exit(f"pipeline failed (exit {r.returncode}) in the fresh venv; its run directory: {out}")
+    import csv
+    rows = list(csv.DictReader((out/"bench_times.csv").open()))
+    return time.time() - t, rows
+
+
+if a.pipeline and not failed and all(ok for _, ok, _ in checks):
+    seconds, stages = run_pipeline(a.pipeline)
+    lines = ["part,step,seconds", f"install,total,{total:.1f}"]
+    lines += [f'install,"{name}",{s:.1f}' for name, s in rows]
+    lines += [f"pipeline,{r['stage']},{float(r['wall_s']):.1f}" for r in stages]
+    lines.append(f"fresh machine,install and pipeline,{total + seconds:.1f}")
+    path = root/"bench"/"out"/"fresh.csv"
+    path.with_suffix(".tmp").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".tmp").rename(path)
+    print(f"install {total / 60:.1f} min + pipeline {seconds / 60:.1f} min = {(total + seconds) / 60:.1f} min; "
+          f"written {path}")
 if a.keep:
     print(f"kept: {venv}  (activate: source {shlex.quote(str(venv/'bin'/'activate'))})")
 else:

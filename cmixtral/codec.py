@@ -13,100 +13,10 @@ from .assets import AssetSpec, fetch_asset, base_tokenizer_path, corpus_paths, c
 from .checkpoint import load_mixtral_tokenizer
 
 # %% auto #0
-__all__ = ['TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file', 'text_path', 'heldout_slices', 'Codec', 'hf_codec',
-           'tekken_codec', 'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer', 'gguf_codec',
-           'load_codec', 'measure', 'codec_table', 'table_markdown', 'plot_tokens_per_char', 'grid_tokens_per_char',
-           'plot_vocab_curve']
-
-# %% ../nbs/70_codec.ipynb #f32d6b03
-@dataclass
-class TokenizerSpec:
-    "One tokenizer to compare."
-
-    name: str  # its label in the table
-    source: str  # 'ours', 'base', 'gguf', 'tekken', 'hub' or 'path'
-    # gguf: a file name in llama.cpp's models folder; tekken: a file in mistral_common/data;
-    # hub: a repo id; path: a local path
-    file: str = ""
-    family: str = ""  # model family, e.g. LLaMA, Qwen, Mixtral
-
-
-@dataclass
-class TextSpec:
-    "An extra text file to measure on besides the held-out slices (full scale: the seed's SkyPile file)."
-
-    name: str
-    lang: str  # 'zh' or 'en'
-    # .jsonl with a "text" field, or plain text with one document per line (with `repo`: the path in the repo)
-    path: str
-    repo: str = ""  # a hub dataset id: `path` is one of its files, fetched into the Hugging Face cache
-
-
-_LLAMA_CPP = AssetSpec(
-    "sdist", "llama-cpp-python==0.3.36", "vendor/llama.cpp/models", "2e2447b5476abcd0710dfef9db427f0c"
-)
-
-
-@dataclass
-class CodecConfig:
-    "The `codec` section of a config."
-
-    tokenizers: list[TokenizerSpec]
-    texts: list[TextSpec] = field(default_factory=list)
-    gguf: AssetSpec = field(
-        default_factory=lambda: _LLAMA_CPP
-    )  # where the llama.cpp vocabulary files come from
-    max_chars: int = 0  # characters per slice (0: the whole slice)
-    min_check: float = (
-        0.9  # share of llama.cpp's own test strings a GGUF vocabulary must reproduce to be measured
-    )
-    repeats: int = 1  # encode each slice this many times and keep the fastest (throughput)
-    # the vocabulary grid's curve: each point 'merged' into Mixtral's tokenizer, 'alone', or 'none'
-    grid: str = "merged"
-
-# %% ../nbs/70_codec.ipynb #44da5597
-def read_text_file(path) -> list[str]:
-    """Documents of a `.jsonl` file (its \"text\" fields) or a plain-text file (one per non-empty line); empty or non-
-    UTF-8 files are errors."""
-    path = Path(path)
-    if not path.is_file():
-        fail(f"text file {path} not found")
-    if path.suffix == ".jsonl":
-        docs = [t for t in read_jsonl(path) if t]
-    else:
-        try:
-            docs = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-        except UnicodeDecodeError as e:
-            fail(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})")
-    if not docs:
-        fail(f"{path}: no text (the file is empty)")
-    return docs
-
-# %% ../nbs/70_codec.ipynb #f3b6814e
-def text_path(t: TextSpec) -> Path:
-    "The local file of the codec text `t`: its `path`, or the one file `path` of hub dataset `repo`."
-    if not t.repo:
-        return Path(t.path)
-    files = hub_files(t.repo, [t.path], "dataset")
-    if len(files) != 1:
-        fail(f"codec text {t.name}: '{t.path}' names {len(files)} files of {t.repo}, a text is one file")
-    return files[0]
-
-# %% ../nbs/70_codec.ipynb #286ad1f4
-def heldout_slices(
-    run_dir, texts: list[TextSpec] = (), max_chars: int = 0
-) -> dict[str, tuple[str, list[str]]]:
-    """Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts`
-    (a text named like a held-out corpus replaces its slice)."""
-    out = {}
-    for lang in ("zh", "en"):
-        for p in corpus_paths(run_dir, lang, "heldout"):
-            out[p.parent.name] = (lang, cut_texts(read_text_file(p), max_chars, whole_docs=True))
-    for t in texts:
-        if t.lang not in ("zh", "en"):
-            fail(f"codec text {t.name}: lang must be 'zh' or 'en', not '{t.lang}'")
-        out[t.name] = (t.lang, cut_texts(read_text_file(text_path(t)), max_chars, whole_docs=True))
-    return out
+__all__ = ['Codec', 'hf_codec', 'tekken_codec', 'measure', 'codec_table', 'table_markdown', 'plot_tokens_per_char',
+           'grid_tokens_per_char', 'plot_vocab_curve', 'TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file',
+           'text_path', 'heldout_slices', 'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer',
+           'gguf_codec', 'load_codec']
 
 # %% ../nbs/70_codec.ipynb #29a01316
 @dataclass
@@ -155,177 +65,6 @@ def tekken_codec(file: str, name: str, family: str = "Mistral") -> Codec:
         "tiktoken (Rust), one document per call",
         "reference implementation (mistral-common)",
     )
-
-# %% ../nbs/70_codec.ipynb #4f03741e
-def gguf_fields(path, keys: tuple | None = None) -> dict:
-    """The `tokenizer.ggml.*` fields of a GGUF file (tokens, scores, token_type, model, …), or only `keys` of them
-    (reading 150,000 tokens takes seconds)."""
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(path))
-    return {
-        k.removeprefix("tokenizer.ggml."): f.contents()
-        for k, f in r.fields.items()
-        if k.startswith("tokenizer.ggml.")
-        and k != "tokenizer.ggml.merges"
-        and (keys is None or k.removeprefix("tokenizer.ggml.") in keys)
-    }
-
-
-def gguf_to_spm(path, out, template) -> Path:
-    """Write a SentencePiece BPE `.model` to `out` from a llama-kind GGUF vocabulary, using `template` (Mixtral's
-    .model) for the normalizer and trainer settings."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    f = gguf_fields(path)
-    if f.get("model") != "llama":
-        fail(f"{Path(path).name}: not a SentencePiece (llama-kind) vocabulary but '{f.get('model')}'")
-    m = pb.ModelProto()
-    m.ParseFromString(Path(template).read_bytes())
-    del m.pieces[:]
-    unk = f.get("unknown_token_id", 0)
-    for i, (t, s, ty) in enumerate(zip(f["tokens"], f["scores"], f["token_type"])):
-        if ty == 2 and i != unk:
-            ty = 3  # only the unknown piece may be UNKNOWN (Phi-3's file marks padding so)
-        p = m.pieces.add()
-        p.piece, p.score, p.type = t, s, (2 if i == unk else ty)
-    m.trainer_spec.vocab_size = len(f["tokens"])
-    m.normalizer_spec.add_dummy_prefix = bool(f.get("add_space_prefix", True))
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(m.SerializeToString())
-    return Path(out)
-
-# %% ../nbs/70_codec.ipynb #892cbe3d
-def gguf_check(encode: Callable, folder, file: str) -> tuple[int, int] | None:
-    """How many of llama.cpp's test strings for `file` `encode` maps to exactly llama.cpp's ids: (passed, total), or
-    None without test files."""
-    inp, out = Path(folder) / f"{file}.inp", Path(folder) / f"{file}.out"
-    if not (inp.exists() and out.exists()):
-        return None
-    texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    want = [[int(x) for x in l.split()] for l in out.read_text(encoding="utf-8").split("\n")][: len(texts)]
-    got = encode(texts[: len(want)])
-    return sum(g == w for g, w in zip(got, want)), len(want)
-
-# %% ../nbs/70_codec.ipynb #8d3748e4
-def load_gguf_tokenizer(folder, file: str, cache) -> tuple:
-    """An HF fast tokenizer for llama.cpp's vocabulary `file` (cached as an HF folder under `cache`), and how it was
-    built."""
-    from transformers import AutoTokenizer
-
-    src = Path(folder) / file
-    if not src.exists():
-        fail(f"no GGUF vocabulary {file} in {folder}")
-    saved = Path(cache) / "codec" / f"{src.stem}-{file_hash(src)[:8]}"
-    spm_how, hf_how = "SentencePiece model rebuilt from the GGUF", "transformers GGUF loader"
-    if (saved / "cmixtral_gguf.json").exists():
-        try:
-            return AutoTokenizer.from_pretrained(str(saved)), read_json(saved / "cmixtral_gguf.json")["how"]
-        except Exception:
-            pass  # a stale or broken cached copy: build it again
-    import transformers
-
-    failed = saved.with_name(f"{saved.name}.transformers-{transformers.__version__}.failed")
-    if failed.exists():
-        fail(failed.read_text())  # transformers failed on this file before: don't spend a minute again
-    how = spm_how if gguf_fields(src, ("model",)).get("model") == "llama" else hf_how
-    with atomic_path(saved, is_dir=True) as tmp:
-        if how == spm_how:
-            from cmixtral.assets import package_file
-
-            tmp.mkdir(parents=True, exist_ok=True)
-            spm_file = gguf_to_spm(
-                src, tmp / "tokenizer.model", package_file("mistral_common", "data/tokenizer.model.v1")
-            )
-            load_mixtral_tokenizer(spm_file).save_pretrained(tmp)
-        else:
-            try:
-                AutoTokenizer.from_pretrained(str(folder), gguf_file=file).save_pretrained(tmp)
-            except Exception as e:
-                with atomic_path(failed) as f:
-                    f.write_text(
-                        f"failed to load with transformers {transformers.__version__}: {' '.join(str(e).split())[:160]}"
-                    )
-                fail(failed.read_text())
-        write_json(tmp / "cmixtral_gguf.json", {"gguf": file, "md5": file_hash(src), "how": how})
-    return AutoTokenizer.from_pretrained(str(saved)), how
-
-# %% ../nbs/70_codec.ipynb #c42347ed
-def gguf_codec(folder, spec: TokenizerSpec, cache, min_check: float = 0.9) -> Codec:
-    """A `Codec` for a llama.cpp vocabulary, checked on llama.cpp's test strings; its `error` says why when it fails
-    to load or to match."""
-    try:
-        tok, how = load_gguf_tokenizer(folder, spec.file, cache)
-    except CmixtralError as e:
-        return Codec(spec.name, spec.family, "gguf", error=str(e))
-    except Exception as e:
-        return Codec(
-            spec.name, spec.family, "gguf", error=f"failed to load: {' '.join(str(e).split())[:160]}"
-        )
-    c = hf_codec(tok, spec.name, spec.family, "gguf")
-    r = gguf_check(c.encode, folder, spec.file)
-    if r is None:
-        c.check = f"{how}; llama.cpp has no test strings for it: round trip only"
-    else:
-        c.check = f"{how}; {r[0]}/{r[1]} of llama.cpp's test strings give llama.cpp's ids"
-        if r[0] < min_check * r[1]:
-            c.error = f"unfaithful: only {r[0]}/{r[1]} of llama.cpp's test strings match (< {min_check:.0%})"
-    return c
-
-# %% ../nbs/70_codec.ipynb #2ef8e839
-def load_codec(spec: TokenizerSpec, run_dir, cache, S: CodecConfig) -> Codec:
-    "The `Codec` for `spec`, or one whose `error` says why it could not be loaded."
-    from transformers import AutoTokenizer
-
-    try:
-        if spec.source == "gguf":
-            return gguf_codec(fetch_asset(S.gguf, cache), spec, cache, S.min_check)
-        if spec.source == "tekken":
-            return tekken_codec(spec.file, spec.name, spec.family)
-        if spec.source == "base":
-            return hf_codec(
-                AutoTokenizer.from_pretrained(str(base_tokenizer_path(run_dir))),
-                spec.name,
-                spec.family,
-                "base",
-                "the assets stage's tokenizer (checked there against SentencePiece)",
-            )
-        if spec.source == "ours":
-            read_manifest(run_dir, "vocab")
-            return hf_codec(
-                AutoTokenizer.from_pretrained(str(Path(run_dir) / "vocab" / "tokenizer")),
-                spec.name,
-                spec.family,
-                "ours",
-                "the vocabulary stage's merged tokenizer",
-            )
-        if spec.source == "hub":
-            return hf_codec(
-                AutoTokenizer.from_pretrained(spec.file),
-                spec.name,
-                spec.family,
-                "hub",
-                f"hub tokenizer {spec.file}",
-            )
-        if spec.source == "path":
-            return hf_codec(
-                load_mixtral_tokenizer(spec.file),
-                spec.name,
-                spec.family,
-                "path",
-                f"local tokenizer {spec.file}",
-            )
-        fail(
-            f"codec tokenizer {spec.name}: unknown source '{spec.source}' (use ours, base, gguf, tekken, hub or path)"
-        )
-    except CmixtralError as e:
-        if "unknown source" in str(e):
-            raise
-        return Codec(spec.name, spec.family, spec.source, error=str(e))
-    except Exception as e:
-        return Codec(
-            spec.name, spec.family, spec.source, error=f"failed to load: {' '.join(str(e).split())[:160]}"
-        )
 
 # %% ../nbs/70_codec.ipynb #b837f5c8
 def measure(codec: Codec, docs: list[str], repeats: int = 1, chunk: int = 1000) -> tuple[dict, list]:
@@ -557,3 +296,264 @@ def plot_vocab_curve(grid, df, slice_name: str = "zh (all)", ours: str = "ours")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/70_codec.ipynb #f32d6b03
+@dataclass
+class TokenizerSpec:
+    "One tokenizer to compare."
+
+    name: str  # its label in the table
+    source: str  # 'ours', 'base', 'gguf', 'tekken', 'hub' or 'path'
+    # gguf: a file name in llama.cpp's models folder; tekken: a file in mistral_common/data;
+    # hub: a repo id; path: a local path
+    file: str = ""
+    family: str = ""  # model family, e.g. LLaMA, Qwen, Mixtral
+
+
+@dataclass
+class TextSpec:
+    "An extra text file to measure on besides the held-out slices (full scale: the seed's SkyPile file)."
+
+    name: str
+    lang: str  # 'zh' or 'en'
+    # .jsonl with a "text" field, or plain text with one document per line (with `repo`: the path in the repo)
+    path: str
+    repo: str = ""  # a hub dataset id: `path` is one of its files, fetched into the Hugging Face cache
+
+
+_LLAMA_CPP = AssetSpec(
+    "sdist", "llama-cpp-python==0.3.36", "vendor/llama.cpp/models", "2e2447b5476abcd0710dfef9db427f0c"
+)
+
+
+@dataclass
+class CodecConfig:
+    "The `codec` section of a config."
+
+    tokenizers: list[TokenizerSpec]
+    texts: list[TextSpec] = field(default_factory=list)
+    gguf: AssetSpec = field(
+        default_factory=lambda: _LLAMA_CPP
+    )  # where the llama.cpp vocabulary files come from
+    max_chars: int = 0  # characters per slice (0: the whole slice)
+    min_check: float = (
+        0.9  # share of llama.cpp's own test strings a GGUF vocabulary must reproduce to be measured
+    )
+    repeats: int = 1  # encode each slice this many times and keep the fastest (throughput)
+    # the vocabulary grid's curve: each point 'merged' into Mixtral's tokenizer, 'alone', or 'none'
+    grid: str = "merged"
+
+# %% ../nbs/70_codec.ipynb #44da5597
+def read_text_file(path) -> list[str]:
+    """Documents of a `.jsonl` file (its \"text\" fields) or a plain-text file (one per non-empty line); empty or non-
+    UTF-8 files are errors."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"text file {path} not found")
+    if path.suffix == ".jsonl":
+        docs = [t for t in read_jsonl(path) if t]
+    else:
+        try:
+            docs = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except UnicodeDecodeError as e:
+            fail(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})")
+    if not docs:
+        fail(f"{path}: no text (the file is empty)")
+    return docs
+
+# %% ../nbs/70_codec.ipynb #f3b6814e
+def text_path(t: TextSpec) -> Path:
+    "The local file of the codec text `t`: its `path`, or the one file `path` of hub dataset `repo`."
+    if not t.repo:
+        return Path(t.path)
+    files = hub_files(t.repo, [t.path], "dataset")
+    if len(files) != 1:
+        fail(f"codec text {t.name}: '{t.path}' names {len(files)} files of {t.repo}, a text is one file")
+    return files[0]
+
+# %% ../nbs/70_codec.ipynb #286ad1f4
+def heldout_slices(
+    run_dir, texts: list[TextSpec] = (), max_chars: int = 0
+) -> dict[str, tuple[str, list[str]]]:
+    """Mapping of slice name to (language, documents): each held-out corpus of the run, then the extra `texts`
+    (a text named like a held-out corpus replaces its slice)."""
+    out = {}
+    for lang in ("zh", "en"):
+        for p in corpus_paths(run_dir, lang, "heldout"):
+            out[p.parent.name] = (lang, cut_texts(read_text_file(p), max_chars, whole_docs=True))
+    for t in texts:
+        if t.lang not in ("zh", "en"):
+            fail(f"codec text {t.name}: lang must be 'zh' or 'en', not '{t.lang}'")
+        out[t.name] = (t.lang, cut_texts(read_text_file(text_path(t)), max_chars, whole_docs=True))
+    return out
+
+# %% ../nbs/70_codec.ipynb #4f03741e
+def gguf_fields(path, keys: tuple | None = None) -> dict:
+    """The `tokenizer.ggml.*` fields of a GGUF file (tokens, scores, token_type, model, …), or only `keys` of them
+    (reading 150,000 tokens takes seconds)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    return {
+        k.removeprefix("tokenizer.ggml."): f.contents()
+        for k, f in r.fields.items()
+        if k.startswith("tokenizer.ggml.")
+        and k != "tokenizer.ggml.merges"
+        and (keys is None or k.removeprefix("tokenizer.ggml.") in keys)
+    }
+
+
+def gguf_to_spm(path, out, template) -> Path:
+    """Write a SentencePiece BPE `.model` to `out` from a llama-kind GGUF vocabulary, using `template` (Mixtral's
+    .model) for the normalizer and trainer settings."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    f = gguf_fields(path)
+    if f.get("model") != "llama":
+        fail(f"{Path(path).name}: not a SentencePiece (llama-kind) vocabulary but '{f.get('model')}'")
+    m = pb.ModelProto()
+    m.ParseFromString(Path(template).read_bytes())
+    del m.pieces[:]
+    unk = f.get("unknown_token_id", 0)
+    for i, (t, s, ty) in enumerate(zip(f["tokens"], f["scores"], f["token_type"])):
+        if ty == 2 and i != unk:
+            ty = 3  # only the unknown piece may be UNKNOWN (Phi-3's file marks padding so)
+        p = m.pieces.add()
+        p.piece, p.score, p.type = t, s, (2 if i == unk else ty)
+    m.trainer_spec.vocab_size = len(f["tokens"])
+    m.normalizer_spec.add_dummy_prefix = bool(f.get("add_space_prefix", True))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(m.SerializeToString())
+    return Path(out)
+
+# %% ../nbs/70_codec.ipynb #892cbe3d
+def gguf_check(encode: Callable, folder, file: str) -> tuple[int, int] | None:
+    """How many of llama.cpp's test strings for `file` `encode` maps to exactly llama.cpp's ids: (passed, total), or
+    None without test files."""
+    inp, out = Path(folder) / f"{file}.inp", Path(folder) / f"{file}.out"
+    if not (inp.exists() and out.exists()):
+        return None
+    texts = inp.read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    want = [[int(x) for x in l.split()] for l in out.read_text(encoding="utf-8").split("\n")][: len(texts)]
+    got = encode(texts[: len(want)])
+    return sum(g == w for g, w in zip(got, want)), len(want)
+
+# %% ../nbs/70_codec.ipynb #8d3748e4
+def load_gguf_tokenizer(folder, file: str, cache) -> tuple:
+    """An HF fast tokenizer for llama.cpp's vocabulary `file` (cached as an HF folder under `cache`), and how it was
+    built."""
+    from transformers import AutoTokenizer
+
+    src = Path(folder) / file
+    if not src.exists():
+        fail(f"no GGUF vocabulary {file} in {folder}")
+    saved = Path(cache) / "codec" / f"{src.stem}-{file_hash(src)[:8]}"
+    spm_how, hf_how = "SentencePiece model rebuilt from the GGUF", "transformers GGUF loader"
+    if (saved / "cmixtral_gguf.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(saved)), read_json(saved / "cmixtral_gguf.json")["how"]
+        except Exception:
+            pass  # a stale or broken cached copy: build it again
+    import transformers
+
+    failed = saved.with_name(f"{saved.name}.transformers-{transformers.__version__}.failed")
+    if failed.exists():
+        fail(failed.read_text())  # transformers failed on this file before: don't spend a minute again
+    how = spm_how if gguf_fields(src, ("model",)).get("model") == "llama" else hf_how
+    with atomic_path(saved, is_dir=True) as tmp:
+        if how == spm_how:
+            from cmixtral.assets import package_file
+
+            tmp.mkdir(parents=True, exist_ok=True)
+            spm_file = gguf_to_spm(
+                src, tmp / "tokenizer.model", package_file("mistral_common", "data/tokenizer.model.v1")
+            )
+            load_mixtral_tokenizer(spm_file).save_pretrained(tmp)
+        else:
+            try:
+                AutoTokenizer.from_pretrained(str(folder), gguf_file=file).save_pretrained(tmp)
+            except Exception as e:
+                with atomic_path(failed) as f:
+                    f.write_text(
+                        f"failed to load with transformers {transformers.__version__}: {' '.join(str(e).split())[:160]}"
+                    )
+                fail(failed.read_text())
+        write_json(tmp / "cmixtral_gguf.json", {"gguf": file, "md5": file_hash(src), "how": how})
+    return AutoTokenizer.from_pretrained(str(saved)), how
+
+# %% ../nbs/70_codec.ipynb #c42347ed
+def gguf_codec(folder, spec: TokenizerSpec, cache, min_check: float = 0.9) -> Codec:
+    """A `Codec` for a llama.cpp vocabulary, checked on llama.cpp's test strings; its `error` says why when it fails
+    to load or to match."""
+    try:
+        tok, how = load_gguf_tokenizer(folder, spec.file, cache)
+    except CmixtralError as e:
+        return Codec(spec.name, spec.family, "gguf", error=str(e))
+    except Exception as e:
+        return Codec(
+            spec.name, spec.family, "gguf", error=f"failed to load: {' '.join(str(e).split())[:160]}"
+        )
+    c = hf_codec(tok, spec.name, spec.family, "gguf")
+    r = gguf_check(c.encode, folder, spec.file)
+    if r is None:
+        c.check = f"{how}; llama.cpp has no test strings for it: round trip only"
+    else:
+        c.check = f"{how}; {r[0]}/{r[1]} of llama.cpp's test strings give llama.cpp's ids"
+        if r[0] < min_check * r[1]:
+            c.error = f"unfaithful: only {r[0]}/{r[1]} of llama.cpp's test strings match (< {min_check:.0%})"
+    return c
+
+# %% ../nbs/70_codec.ipynb #2ef8e839
+def load_codec(spec: TokenizerSpec, run_dir, cache, S: CodecConfig) -> Codec:
+    "The `Codec` for `spec`, or one whose `error` says why it could not be loaded."
+    from transformers import AutoTokenizer
+
+    try:
+        if spec.source == "gguf":
+            return gguf_codec(fetch_asset(S.gguf, cache), spec, cache, S.min_check)
+        if spec.source == "tekken":
+            return tekken_codec(spec.file, spec.name, spec.family)
+        if spec.source == "base":
+            return hf_codec(
+                AutoTokenizer.from_pretrained(str(base_tokenizer_path(run_dir))),
+                spec.name,
+                spec.family,
+                "base",
+                "the assets stage's tokenizer (checked there against SentencePiece)",
+            )
+        if spec.source == "ours":
+            read_manifest(run_dir, "vocab")
+            return hf_codec(
+                AutoTokenizer.from_pretrained(str(Path(run_dir) / "vocab" / "tokenizer")),
+                spec.name,
+                spec.family,
+                "ours",
+                "the vocabulary stage's merged tokenizer",
+            )
+        if spec.source == "hub":
+            return hf_codec(
+                AutoTokenizer.from_pretrained(spec.file),
+                spec.name,
+                spec.family,
+                "hub",
+                f"hub tokenizer {spec.file}",
+            )
+        if spec.source == "path":
+            return hf_codec(
+                load_mixtral_tokenizer(spec.file),
+                spec.name,
+                spec.family,
+                "path",
+                f"local tokenizer {spec.file}",
+            )
+        fail(
+            f"codec tokenizer {spec.name}: unknown source '{spec.source}' (use ours, base, gguf, tekken, hub or path)"
+        )
+    except CmixtralError as e:
+        if "unknown source" in str(e):
+            raise
+        return Codec(spec.name, spec.family, spec.source, error=str(e))
+    except Exception as e:
+        return Codec(
+            spec.name, spec.family, spec.source, error=f"failed to load: {' '.join(str(e).split())[:160]}"
+        )

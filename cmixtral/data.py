@@ -14,11 +14,145 @@ import pyarrow as pa
 from .core import *
 
 # %% auto #0
-__all__ = ['REGISTRY_KEYS', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry', 'write_registry',
+__all__ = ['REGISTRY_KEYS', 'split_of', 'split_documents', 'tokenizer_dir', 'pack_ids', 'parse_mixture', 'mixture_plan',
+           'load_mixture', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry', 'write_registry',
            'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'read_parquet_texts', 'check_shards',
-           'local_files', 'source_files', 'read_file_texts', 'read_source_texts', 'split_of', 'split_documents',
-           'tokenizer_dir', 'pack_ids', 'line_chunks', 'special_ids', 'encode_chunk', 'encode_files', 'prepare_text',
-           'token_report', 'parse_mixture', 'mixture_plan', 'load_mixture', 'plot_tokens']
+           'local_files', 'source_files', 'read_file_texts', 'read_source_texts', 'line_chunks', 'special_ids',
+           'encode_chunk', 'encode_files', 'prepare_text', 'token_report', 'plot_tokens']
+
+# %% ../nbs/30_data.ipynb #5302aca4
+def split_of(i: int, ratio=(999, 1)) -> str:
+    "Which split document `i` belongs to under a train:dev `ratio`."
+    return "dev" if i % sum(ratio) >= ratio[0] else "train"
+
+
+def split_documents(texts, out: dict, ratio=(999, 1)) -> dict:
+    """Write `texts` as `{\"text\": …}` lines to `out['train']`/`out['dev']` by `split_of`, atomically; return per-
+    split docs and chars."""
+    if len(ratio) != 2 or ratio[0] < 1 or ratio[1] < 0:
+        fail(f"split ratio must be [train, dev] with train >= 1, dev >= 0; got {list(ratio)}")
+    stats = {s: {"docs": 0, "chars": 0} for s in out}
+    with ExitStack() as st:
+        fh = {
+            s: st.enter_context(open(st.enter_context(atomic_path(p)), "w", encoding="utf-8"))
+            for s, p in out.items()
+        }
+        for i, t in enumerate(texts):
+            s = split_of(i, ratio)
+            fh[s].write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+            stats[s]["docs"] += 1
+            stats[s]["chars"] += len(t)
+    return stats
+
+# %% ../nbs/30_data.ipynb #16401349
+def tokenizer_dir(run_dir, stage: str = "vocab") -> Path:
+    "The HF tokenizer directory that stage `stage` ('vocab', 'assets', …) saved in `run_dir`."
+    read_manifest(run_dir, stage)
+    p = Path(run_dir) / stage / "tokenizer"
+    if not (p / "tokenizer.json").exists():
+        fail(f"stage '{stage}' has no HF tokenizer at {p} (no tokenizer.json)")
+    return p
+
+# %% ../nbs/30_data.ipynb #b8fe91cf
+def pack_ids(ids: np.ndarray, block_size: int, bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(blocks, rest): `ids` cut into rows of `block_size`, each row starting with `bos_id` if given; `rest` is what
+    did not fill a row."""
+    width = block_size - (bos_id is not None)
+    if width < 1:
+        fail(f"block_size {block_size} is too small")
+    n = len(ids) // width
+    blocks = ids[: n * width].reshape(n, width)
+    if bos_id is not None:
+        blocks = np.concatenate([np.full((n, 1), bos_id, ids.dtype), blocks], axis=1)
+    return blocks, ids[n * width :]
+
+# %% ../nbs/30_data.ipynb #ce8f5507
+def parse_mixture(spec) -> list[tuple[float, str]]:
+    "[(weight, name)] from `w:name` items (a list, or one string separated by spaces or commas)."
+    items = re.split(r"[\s,]+", spec.strip()) if isinstance(spec, str) else list(spec or [])
+    items = [str(i).strip() for i in items if str(i).strip()]
+    if not items:
+        fail("empty mixture: give items like 1:SkyPile-150B-2022")
+    out = []
+    for it in items:
+        w, sep, name = it.partition(":")
+        try:
+            w = float(w)
+        except ValueError:
+            w = None
+        if not sep or not name or w is None:
+            fail(f"mixture item '{it}' is not weight:name (e.g. 0.1:SkyPile-150B-2023)")
+        if not math.isfinite(w) or w <= 0:
+            fail(f"mixture item '{it}': weight must be a positive number")
+        if name in [n for _, n in out]:
+            fail(f"mixture names dataset '{name}' twice")
+        out.append((w, name))
+    return out
+
+# %% ../nbs/30_data.ipynb #60947c4c
+def _take(n: int, w: float, rng) -> np.ndarray:
+    "Row indices for weight `w` of `n` rows: floor(w) whole passes plus a seeded sample of the fraction, sorted."
+    whole, frac = int(w), w - int(w)
+    part = np.sort(rng.choice(n, round(frac * n), replace=False)) if n else np.zeros(0, np.int64)
+    return np.concatenate([np.tile(np.arange(n), whole), part]).astype(np.int64)
+
+
+def mixture_plan(run_dir, spec, split: str = "train"):
+    """Per dataset of the mixture: weight, blocks available, blocks taken, tokens and realised token share (a pandas
+    table)."""
+    import pandas as pd
+    from datasets import load_from_disk
+
+    items = parse_mixture(spec)
+    reg = read_registry(registry_path(run_dir))
+    paths = [
+        dataset_paths(run_dir, n, split, reg)[1] for _, n in items
+    ]  # unknown names fail here, before any work
+    for (_, n), p in zip(items, paths):
+        if p is None or not (p / "state.json").exists():
+            fail(f"dataset '{n}' split '{split}' is not encoded yet ({p}); run the data stage")
+    rows = []
+    for (w, n), p in zip(items, paths):
+        ds = load_from_disk(str(p))
+        bs = len(ds[0]["input_ids"]) if len(ds) else 0
+        taken = int(w) * len(ds) + round((w - int(w)) * len(ds))
+        rows.append(
+            {
+                "dataset": n,
+                "weight": w,
+                "blocks": len(ds),
+                "taken": taken,
+                "tokens": taken * bs,
+                "path": str(p),
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["share"] = (df.tokens / max(1, df.tokens.sum())).round(4)
+    return df
+
+# %% ../nbs/30_data.ipynb #8eb36ae8
+def load_mixture(run_dir, spec, split: str = "train", seed: int = 0, verbose: bool = True):
+    """The mixture `spec` of a split as one shuffled, memory-mapped `datasets.Dataset` of `input_ids` blocks; prints
+    realised token shares."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    plan = mixture_plan(run_dir, spec, split)
+    if verbose:
+        get_logger().info(
+            f"mixture ({split}, seed {seed}):\n{plan.drop(columns='path').to_string(index=False)}"
+        )
+    parts, idx, off = [], [], 0
+    for r in plan.itertuples():
+        ds = load_from_disk(r.path)
+        parts.append(ds)
+        idx.append(
+            off + _take(len(ds), r.weight, np.random.default_rng([seed, zlib.crc32(r.dataset.encode())]))
+        )
+        off += len(ds)
+    if not plan.taken.sum():
+        fail(f"mixture {spec} has no {split} blocks (datasets too small for the block size?)")
+    idx = np.concatenate(idx)
+    return concatenate_datasets(parts).select(idx[np.random.default_rng(seed).permutation(len(idx))])
 
 # %% ../nbs/30_data.ipynb #b5f65c2f
 @dataclass
@@ -256,52 +390,6 @@ def read_source_texts(src: DataSource, run_dir, counts: dict, files: list | None
             return
         yield t
 
-# %% ../nbs/30_data.ipynb #5302aca4
-def split_of(i: int, ratio=(999, 1)) -> str:
-    "Which split document `i` belongs to under a train:dev `ratio`."
-    return "dev" if i % sum(ratio) >= ratio[0] else "train"
-
-
-def split_documents(texts, out: dict, ratio=(999, 1)) -> dict:
-    """Write `texts` as `{\"text\": …}` lines to `out['train']`/`out['dev']` by `split_of`, atomically; return per-
-    split docs and chars."""
-    if len(ratio) != 2 or ratio[0] < 1 or ratio[1] < 0:
-        fail(f"split ratio must be [train, dev] with train >= 1, dev >= 0; got {list(ratio)}")
-    stats = {s: {"docs": 0, "chars": 0} for s in out}
-    with ExitStack() as st:
-        fh = {
-            s: st.enter_context(open(st.enter_context(atomic_path(p)), "w", encoding="utf-8"))
-            for s, p in out.items()
-        }
-        for i, t in enumerate(texts):
-            s = split_of(i, ratio)
-            fh[s].write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-            stats[s]["docs"] += 1
-            stats[s]["chars"] += len(t)
-    return stats
-
-# %% ../nbs/30_data.ipynb #16401349
-def tokenizer_dir(run_dir, stage: str = "vocab") -> Path:
-    "The HF tokenizer directory that stage `stage` ('vocab', 'assets', …) saved in `run_dir`."
-    read_manifest(run_dir, stage)
-    p = Path(run_dir) / stage / "tokenizer"
-    if not (p / "tokenizer.json").exists():
-        fail(f"stage '{stage}' has no HF tokenizer at {p} (no tokenizer.json)")
-    return p
-
-# %% ../nbs/30_data.ipynb #b8fe91cf
-def pack_ids(ids: np.ndarray, block_size: int, bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(blocks, rest): `ids` cut into rows of `block_size`, each row starting with `bos_id` if given; `rest` is what
-    did not fill a row."""
-    width = block_size - (bos_id is not None)
-    if width < 1:
-        fail(f"block_size {block_size} is too small")
-    n = len(ids) // width
-    blocks = ids[: n * width].reshape(n, width)
-    if bos_id is not None:
-        blocks = np.concatenate([np.full((n, 1), bos_id, ids.dtype), blocks], axis=1)
-    return blocks, ids[n * width :]
-
 # %% ../nbs/30_data.ipynb #effbef60
 def line_chunks(path, chunk_bytes: int) -> list[tuple[int, int]]:
     "Byte ranges (start, end) of about `chunk_bytes` covering the file at `path`, each ending at a line end."
@@ -528,94 +616,6 @@ def token_report(rows: list[dict]):
         "skipped",
     ]
     return df[[c for c in cols if c in df]]
-
-# %% ../nbs/30_data.ipynb #ce8f5507
-def parse_mixture(spec) -> list[tuple[float, str]]:
-    "[(weight, name)] from `w:name` items (a list, or one string separated by spaces or commas)."
-    items = re.split(r"[\s,]+", spec.strip()) if isinstance(spec, str) else list(spec or [])
-    items = [str(i).strip() for i in items if str(i).strip()]
-    if not items:
-        fail("empty mixture: give items like 1:SkyPile-150B-2022")
-    out = []
-    for it in items:
-        w, sep, name = it.partition(":")
-        try:
-            w = float(w)
-        except ValueError:
-            w = None
-        if not sep or not name or w is None:
-            fail(f"mixture item '{it}' is not weight:name (e.g. 0.1:SkyPile-150B-2023)")
-        if not math.isfinite(w) or w <= 0:
-            fail(f"mixture item '{it}': weight must be a positive number")
-        if name in [n for _, n in out]:
-            fail(f"mixture names dataset '{name}' twice")
-        out.append((w, name))
-    return out
-
-# %% ../nbs/30_data.ipynb #60947c4c
-def _take(n: int, w: float, rng) -> np.ndarray:
-    "Row indices for weight `w` of `n` rows: floor(w) whole passes plus a seeded sample of the fraction, sorted."
-    whole, frac = int(w), w - int(w)
-    part = np.sort(rng.choice(n, round(frac * n), replace=False)) if n else np.zeros(0, np.int64)
-    return np.concatenate([np.tile(np.arange(n), whole), part]).astype(np.int64)
-
-
-def mixture_plan(run_dir, spec, split: str = "train"):
-    """Per dataset of the mixture: weight, blocks available, blocks taken, tokens and realised token share (a pandas
-    table)."""
-    import pandas as pd
-    from datasets import load_from_disk
-
-    items = parse_mixture(spec)
-    reg = read_registry(registry_path(run_dir))
-    paths = [
-        dataset_paths(run_dir, n, split, reg)[1] for _, n in items
-    ]  # unknown names fail here, before any work
-    for (_, n), p in zip(items, paths):
-        if p is None or not (p / "state.json").exists():
-            fail(f"dataset '{n}' split '{split}' is not encoded yet ({p}); run the data stage")
-    rows = []
-    for (w, n), p in zip(items, paths):
-        ds = load_from_disk(str(p))
-        bs = len(ds[0]["input_ids"]) if len(ds) else 0
-        taken = int(w) * len(ds) + round((w - int(w)) * len(ds))
-        rows.append(
-            {
-                "dataset": n,
-                "weight": w,
-                "blocks": len(ds),
-                "taken": taken,
-                "tokens": taken * bs,
-                "path": str(p),
-            }
-        )
-    df = pd.DataFrame(rows)
-    df["share"] = (df.tokens / max(1, df.tokens.sum())).round(4)
-    return df
-
-# %% ../nbs/30_data.ipynb #8eb36ae8
-def load_mixture(run_dir, spec, split: str = "train", seed: int = 0, verbose: bool = True):
-    """The mixture `spec` of a split as one shuffled, memory-mapped `datasets.Dataset` of `input_ids` blocks; prints
-    realised token shares."""
-    from datasets import concatenate_datasets, load_from_disk
-
-    plan = mixture_plan(run_dir, spec, split)
-    if verbose:
-        get_logger().info(
-            f"mixture ({split}, seed {seed}):\n{plan.drop(columns='path').to_string(index=False)}"
-        )
-    parts, idx, off = [], [], 0
-    for r in plan.itertuples():
-        ds = load_from_disk(r.path)
-        parts.append(ds)
-        idx.append(
-            off + _take(len(ds), r.weight, np.random.default_rng([seed, zlib.crc32(r.dataset.encode())]))
-        )
-        off += len(ds)
-    if not plan.taken.sum():
-        fail(f"mixture {spec} has no {split} blocks (datasets too small for the block size?)")
-    idx = np.concatenate(idx)
-    return concatenate_datasets(parts).select(idx[np.random.default_rng(seed).permutation(len(idx))])
 
 # %% ../nbs/30_data.ipynb #1f54c54d
 def plot_tokens(report):

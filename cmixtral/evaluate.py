@@ -16,11 +16,11 @@ from .generate import SamplesConfig, generate
 
 # %% auto #0
 __all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES', 'EvalConfig',
-           'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows',
-           'hellaswag_rows', 'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config',
-           'write_task_yamls', 'find_models', 'eval_quant', 'load_model', 'lm_eval_model', 'run_lm_eval',
-           'save_results', 'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares',
-           'routing_frame', 'plot_routing', 'routing_contrast']
+           'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'lm_eval_model', 'run_lm_eval', 'save_results',
+           'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares', 'routing_frame',
+           'plot_routing', 'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows', 'hellaswag_rows',
+           'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config', 'write_task_yamls',
+           'find_models', 'eval_quant', 'load_model']
 
 # %% ../nbs/60_eval.ipynb #7de2a537
 DEFAULT_PROMPTS = [
@@ -139,6 +139,235 @@ def cloze_items(pairs: list[tuple[int, str, str]], n: int, seed: int = 0, n_choi
         choices = wrong[:pos] + [ans] + wrong[pos:]
         items.append({"doc": d, "context": ctx, "choices": choices, "answer": pos})
     return items
+
+# %% ../nbs/60_eval.ipynb #5e92ff04
+def lm_eval_model(model, tok, S: EvalConfig):
+    "lm-eval's Hugging Face model class around a model we loaded."
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=S.batch_size, max_length=S.max_length)
+
+
+def run_lm_eval(model, tok, task_names: list[str], S: EvalConfig, include_path=None, seed: int = 0) -> tuple:
+    "(lm-eval's results without per-sample logs, {subtask: first item's prompt, choices, answer}) of one model."
+    import logging
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    tm = (
+        TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
+    )
+    res = simple_evaluate(
+        model=lm_eval_model(model, tok, S),
+        tasks=task_names,
+        num_fewshot=S.num_fewshot,
+        task_manager=tm,
+        limit=S.limit or None,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        bootstrap_iters=1000,
+    )
+    samples = res.pop("samples", None) or {}
+    examples = {
+        t: {
+            "prompt": x[0]["arguments"][0][0],
+            "choices": [a[1] for a in x[0]["arguments"]],
+            "answer": int(x[0]["target"]),
+        }
+        for t, x in samples.items()
+        if x
+    }
+    return res, examples
+
+
+def save_results(res: dict, path) -> Path:
+    "Write lm-eval's results dict as JSON (lm-eval's own serialiser for the non-JSON values), atomically."
+    from lm_eval.utils import handle_non_serializable
+
+    with atomic_path(path) as tmp:
+        text = json.dumps(res, default=handle_non_serializable, ensure_ascii=False, indent=1)
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def lm_eval_version() -> str:
+    "The installed lm-eval version."
+    import lm_eval
+
+    return lm_eval.__version__
+
+# %% ../nbs/60_eval.ipynb #56fa7064
+def results_table(results: dict[str, dict], names: dict[str, str]) -> "pd.DataFrame":
+    """Models × benchmarks table (acc, acc_stderr, acc_norm, acc_norm_stderr in %, n items) from lm-eval results per
+    model."""
+    import pandas as pd
+
+    rows = []
+    for model, res in results.items():
+        for bench, name in names.items():
+            r = res["results"].get(name) or {}
+            g = lambda k: 100 * r[k] if isinstance(r.get(k), (int, float)) else float("nan")
+            n = res.get("n-samples", {})
+            items = sum(v.get("effective", 0) for k, v in n.items() if k == name or k.startswith(name + "_"))
+            rows.append(
+                {
+                    "model": model,
+                    "task": bench,
+                    "acc": g("acc,none"),
+                    "acc_stderr": g("acc_stderr,none"),
+                    "acc_norm": g("acc_norm,none"),
+                    "acc_norm_stderr": g("acc_norm_stderr,none"),
+                    "n": items,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_results(table) -> "plt.Figure":
+    "Grouped bars: accuracy (%) of each model on each benchmark, with ±1 standard error and the 25% chance line."
+    import matplotlib.pyplot as plt, numpy as np
+
+    tasks, models = list(dict.fromkeys(table.task)), list(dict.fromkeys(table.model))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks), 3.4))
+    w = 0.8 / max(1, len(models))
+    for i, m in enumerate(models):
+        t = table[table.model == m].set_index("task").reindex(tasks)
+        metric = [("acc_norm" if k == "hellaswag" else "acc") for k in tasks]
+        y = [t.loc[k, c] for k, c in zip(tasks, metric)]
+        e = [t.loc[k, c + "_stderr"] for k, c in zip(tasks, metric)]
+        ax.bar(np.arange(len(tasks)) + i * w - 0.4 + w / 2, y, w, yerr=e, label=m, capsize=2)
+    ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels([k + (" (acc_norm)" if k == "hellaswag" else "") for k in tasks])
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/60_eval.ipynb #e726aebe
+def summary_lines(table, bpc) -> list[str]:
+    "Sentences comparing the models: benchmark scores against chance, and bits per character against `base`."
+    out = []
+    for task, t in table.groupby("task", sort=False):
+        col = "acc_norm" if task == "hellaswag" else "acc"
+        parts = ", ".join(
+            f"{r.model} {getattr(r, col):.1f} ± {getattr(r, col + '_stderr'):.1f}" for r in t.itertuples()
+        )
+        out.append(f"{task} ({col}, %, n={int(t.n.max())}, chance 25): {parts}")
+    if "base" in bpc.index:
+        for m in bpc.index.drop("base"):
+            d = {l: 100 * (bpc.loc[m, f"bpc_{l}"] / bpc.loc["base", f"bpc_{l}"] - 1) for l in ("zh", "en")}
+            out.append(f"bits per character, {m} vs base: Chinese {d['zh']:+.1f}%, English {d['en']:+.1f}%")
+    return out
+
+# %% ../nbs/60_eval.ipynb #99e1f4e0
+@torch.no_grad()
+def expert_shares(model, tok, texts: list[str], block_size: int = 256, batch_size: int = 8) -> torch.Tensor:
+    """Share of top-k routing assignments per (layer, expert) on `texts`: a [layers, experts] tensor whose rows sum to
+    1."""
+    ids = []
+    for enc in tok(texts, add_special_tokens=False)["input_ids"]:
+        ids += [tok.bos_token_id, *enc]
+    if not ids:
+        fail("expert_shares needs non-empty texts")
+    ids = torch.tensor(ids)
+    blocks = [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    body, k = lm.model, lm.config.num_experts_per_tok  # the decoder without lm_head: routing needs no logits
+    counts = None
+    for i in range(0, len(blocks), batch_size):
+        b = blocks[i : i + batch_size]
+        x, mask = pad_rows(b, tok.eos_token_id)
+        out = body(input_ids=x.to(lm.device), attention_mask=mask.to(lm.device), output_router_logits=True)
+        keep = mask.reshape(-1).bool()
+        per_layer = []
+        for logits in out.router_logits:  # one [batch*seq, experts] tensor per layer
+            top = logits.reshape(-1, logits.shape[-1])[keep.to(logits.device)].topk(k, dim=-1).indices.cpu()
+            per_layer.append(torch.bincount(top.reshape(-1), minlength=logits.shape[-1]))
+        c = torch.stack(per_layer).double()
+        counts = c if counts is None else counts + c
+    return (counts / counts.sum(1, keepdim=True)).float()
+
+# %% ../nbs/60_eval.ipynb #18938f1b
+def routing_frame(shares: dict) -> "pd.DataFrame":
+    "Long table (model, lang, layer, expert, share) from {(model, lang): [layers, experts] tensor}."
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {"model": m, "lang": l, "layer": i, "expert": j, "share": float(t[i, j])}
+            for (m, l), t in shares.items()
+            for i in range(t.shape[0])
+            for j in range(t.shape[1])
+        ]
+    )
+
+
+def plot_routing(frame) -> "plt.Figure":
+    """Heat maps of expert shares (%) in a grid, one row per model and one column per language (layers × experts);
+    the colour scale is centred on an even share (100 / experts %): red above it, blue below."""
+    import matplotlib.pyplot as plt, numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    models, langs = list(dict.fromkeys(frame.model)), list(dict.fromkeys(frame.lang))
+    n_layers, n_exp = frame.layer.max() + 1, frame.expert.max() + 1
+    even = 100 / n_exp
+    fig, axes = plt.subplots(
+        len(models),
+        len(langs),
+        figsize=(0.5 * n_exp * len(langs) + 1.6, (0.4 * n_layers + 0.9) * len(models) + 0.4),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    norm = TwoSlopeNorm(vcenter=even, vmin=0, vmax=max(2 * even, 100 * frame.share.max()))
+    for (r, m), (c, l) in ((rm, cl) for rm in enumerate(models) for cl in enumerate(langs)):
+        ax, sel = axes[r][c], frame[(frame.model == m) & (frame.lang == l)]
+        t = sel.pivot(index="layer", columns="expert", values="share").values * 100
+        im = ax.imshow(t, cmap="RdBu_r", norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(t):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
+        ax.set_title(f"{m} · {l}", fontsize=9)
+        ax.set_xticks(range(n_exp))
+        ax.set_yticks(range(n_layers))
+    for ax in axes[-1]:
+        ax.set_xlabel("expert")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("layer")
+    fig.colorbar(
+        im, ax=axes.ravel().tolist(), shrink=0.8, label=f"% of routing choices (even share {even:.1f}%)"
+    )
+    return fig
+
+# %% ../nbs/60_eval.ipynb #58f91707
+def routing_contrast(frame) -> "pd.DataFrame":
+    """Per (model, layer): zh-vs-en total variation, the expert most favoured by zh over en, and the shift from `base`
+    per language."""
+    import pandas as pd
+
+    t = frame.pivot_table(index=["model", "layer", "expert"], columns="lang", values="share")
+    rows = []
+    for (m, layer), g in t.groupby(level=[0, 1]):
+        d = (g["zh"] - g["en"]).droplevel([0, 1])
+        r = {
+            "model": m,
+            "layer": layer,
+            "tv_zh_en": 0.5 * d.abs().sum(),
+            "zh_expert": int(d.idxmax()),
+            "zh_minus_en": d.max(),
+        }
+        if "base" in t.index.get_level_values(0) and m != "base":
+            b = t.loc[("base", layer)]
+            for l in ("zh", "en"):
+                r[f"tv_from_base_{l}"] = 0.5 * (g[l].droplevel([0, 1]) - b[l]).abs().sum()
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 # %% ../nbs/60_eval.ipynb #215f3654
 LETTERS = ["A", "B", "C", "D"]
@@ -571,232 +800,3 @@ def eval_quant(cfg: Config, S: EvalConfig) -> QuantSettings | None:
 def load_model(spec: dict, dtype: str = "float32", quant: QuantSettings | None = None):
     "(model, tokenizer) of a `find_models` entry, checked for a vocabulary mismatch, in eval mode."
     return load_pair(spec["model"], spec["tokenizer"], quant=quant, adapter=spec.get("adapter"), dtype=dtype)
-
-# %% ../nbs/60_eval.ipynb #5e92ff04
-def lm_eval_model(model, tok, S: EvalConfig):
-    "lm-eval's Hugging Face model class around a model we loaded."
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=S.batch_size, max_length=S.max_length)
-
-
-def run_lm_eval(model, tok, task_names: list[str], S: EvalConfig, include_path=None, seed: int = 0) -> tuple:
-    "(lm-eval's results without per-sample logs, {subtask: first item's prompt, choices, answer}) of one model."
-    import logging
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    for name in ("lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    tm = (
-        TaskManager(include_path=str(include_path), include_defaults=False) if include_path else TaskManager()
-    )
-    res = simple_evaluate(
-        model=lm_eval_model(model, tok, S),
-        tasks=task_names,
-        num_fewshot=S.num_fewshot,
-        task_manager=tm,
-        limit=S.limit or None,
-        log_samples=True,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        bootstrap_iters=1000,
-    )
-    samples = res.pop("samples", None) or {}
-    examples = {
-        t: {
-            "prompt": x[0]["arguments"][0][0],
-            "choices": [a[1] for a in x[0]["arguments"]],
-            "answer": int(x[0]["target"]),
-        }
-        for t, x in samples.items()
-        if x
-    }
-    return res, examples
-
-
-def save_results(res: dict, path) -> Path:
-    "Write lm-eval's results dict as JSON (lm-eval's own serialiser for the non-JSON values), atomically."
-    from lm_eval.utils import handle_non_serializable
-
-    with atomic_path(path) as tmp:
-        text = json.dumps(res, default=handle_non_serializable, ensure_ascii=False, indent=1)
-        Path(tmp).write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def lm_eval_version() -> str:
-    "The installed lm-eval version."
-    import lm_eval
-
-    return lm_eval.__version__
-
-# %% ../nbs/60_eval.ipynb #56fa7064
-def results_table(results: dict[str, dict], names: dict[str, str]) -> "pd.DataFrame":
-    """Models × benchmarks table (acc, acc_stderr, acc_norm, acc_norm_stderr in %, n items) from lm-eval results per
-    model."""
-    import pandas as pd
-
-    rows = []
-    for model, res in results.items():
-        for bench, name in names.items():
-            r = res["results"].get(name) or {}
-            g = lambda k: 100 * r[k] if isinstance(r.get(k), (int, float)) else float("nan")
-            n = res.get("n-samples", {})
-            items = sum(v.get("effective", 0) for k, v in n.items() if k == name or k.startswith(name + "_"))
-            rows.append(
-                {
-                    "model": model,
-                    "task": bench,
-                    "acc": g("acc,none"),
-                    "acc_stderr": g("acc_stderr,none"),
-                    "acc_norm": g("acc_norm,none"),
-                    "acc_norm_stderr": g("acc_norm_stderr,none"),
-                    "n": items,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def plot_results(table) -> "plt.Figure":
-    "Grouped bars: accuracy (%) of each model on each benchmark, with ±1 standard error and the 25% chance line."
-    import matplotlib.pyplot as plt, numpy as np
-
-    tasks, models = list(dict.fromkeys(table.task)), list(dict.fromkeys(table.model))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks), 3.4))
-    w = 0.8 / max(1, len(models))
-    for i, m in enumerate(models):
-        t = table[table.model == m].set_index("task").reindex(tasks)
-        metric = [("acc_norm" if k == "hellaswag" else "acc") for k in tasks]
-        y = [t.loc[k, c] for k, c in zip(tasks, metric)]
-        e = [t.loc[k, c + "_stderr"] for k, c in zip(tasks, metric)]
-        ax.bar(np.arange(len(tasks)) + i * w - 0.4 + w / 2, y, w, yerr=e, label=m, capsize=2)
-    ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([k + (" (acc_norm)" if k == "hellaswag" else "") for k in tasks])
-    ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/60_eval.ipynb #e726aebe
-def summary_lines(table, bpc) -> list[str]:
-    "Sentences comparing the models: benchmark scores against chance, and bits per character against `base`."
-    out = []
-    for task, t in table.groupby("task", sort=False):
-        col = "acc_norm" if task == "hellaswag" else "acc"
-        parts = ", ".join(
-            f"{r.model} {getattr(r, col):.1f} ± {getattr(r, col + '_stderr'):.1f}" for r in t.itertuples()
-        )
-        out.append(f"{task} ({col}, %, n={int(t.n.max())}, chance 25): {parts}")
-    if "base" in bpc.index:
-        for m in bpc.index.drop("base"):
-            d = {l: 100 * (bpc.loc[m, f"bpc_{l}"] / bpc.loc["base", f"bpc_{l}"] - 1) for l in ("zh", "en")}
-            out.append(f"bits per character, {m} vs base: Chinese {d['zh']:+.1f}%, English {d['en']:+.1f}%")
-    return out
-
-# %% ../nbs/60_eval.ipynb #99e1f4e0
-@torch.no_grad()
-def expert_shares(model, tok, texts: list[str], block_size: int = 256, batch_size: int = 8) -> torch.Tensor:
-    """Share of top-k routing assignments per (layer, expert) on `texts`: a [layers, experts] tensor whose rows sum to
-    1."""
-    ids = []
-    for enc in tok(texts, add_special_tokens=False)["input_ids"]:
-        ids += [tok.bos_token_id, *enc]
-    if not ids:
-        fail("expert_shares needs non-empty texts")
-    ids = torch.tensor(ids)
-    blocks = [ids[i : i + block_size] for i in range(0, len(ids), block_size)]
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
-    body, k = lm.model, lm.config.num_experts_per_tok  # the decoder without lm_head: routing needs no logits
-    counts = None
-    for i in range(0, len(blocks), batch_size):
-        b = blocks[i : i + batch_size]
-        x, mask = pad_rows(b, tok.eos_token_id)
-        out = body(input_ids=x.to(lm.device), attention_mask=mask.to(lm.device), output_router_logits=True)
-        keep = mask.reshape(-1).bool()
-        per_layer = []
-        for logits in out.router_logits:  # one [batch*seq, experts] tensor per layer
-            top = logits.reshape(-1, logits.shape[-1])[keep.to(logits.device)].topk(k, dim=-1).indices.cpu()
-            per_layer.append(torch.bincount(top.reshape(-1), minlength=logits.shape[-1]))
-        c = torch.stack(per_layer).double()
-        counts = c if counts is None else counts + c
-    return (counts / counts.sum(1, keepdim=True)).float()
-
-# %% ../nbs/60_eval.ipynb #18938f1b
-def routing_frame(shares: dict) -> "pd.DataFrame":
-    "Long table (model, lang, layer, expert, share) from {(model, lang): [layers, experts] tensor}."
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {"model": m, "lang": l, "layer": i, "expert": j, "share": float(t[i, j])}
-            for (m, l), t in shares.items()
-            for i in range(t.shape[0])
-            for j in range(t.shape[1])
-        ]
-    )
-
-
-def plot_routing(frame) -> "plt.Figure":
-    """Heat maps of expert shares (%) in a grid, one row per model and one column per language (layers × experts);
-    the colour scale is centred on an even share (100 / experts %): red above it, blue below."""
-    import matplotlib.pyplot as plt, numpy as np
-    from matplotlib.colors import TwoSlopeNorm
-
-    models, langs = list(dict.fromkeys(frame.model)), list(dict.fromkeys(frame.lang))
-    n_layers, n_exp = frame.layer.max() + 1, frame.expert.max() + 1
-    even = 100 / n_exp
-    fig, axes = plt.subplots(
-        len(models),
-        len(langs),
-        figsize=(0.5 * n_exp * len(langs) + 1.6, (0.4 * n_layers + 0.9) * len(models) + 0.4),
-        squeeze=False,
-        sharex=True,
-        sharey=True,
-    )
-    norm = TwoSlopeNorm(vcenter=even, vmin=0, vmax=max(2 * even, 100 * frame.share.max()))
-    for (r, m), (c, l) in ((rm, cl) for rm in enumerate(models) for cl in enumerate(langs)):
-        ax, sel = axes[r][c], frame[(frame.model == m) & (frame.lang == l)]
-        t = sel.pivot(index="layer", columns="expert", values="share").values * 100
-        im = ax.imshow(t, cmap="RdBu_r", norm=norm, aspect="auto")
-        for (i, j), v in np.ndenumerate(t):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
-        ax.set_title(f"{m} · {l}", fontsize=9)
-        ax.set_xticks(range(n_exp))
-        ax.set_yticks(range(n_layers))
-    for ax in axes[-1]:
-        ax.set_xlabel("expert")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("layer")
-    fig.colorbar(
-        im, ax=axes.ravel().tolist(), shrink=0.8, label=f"% of routing choices (even share {even:.1f}%)"
-    )
-    return fig
-
-# %% ../nbs/60_eval.ipynb #58f91707
-def routing_contrast(frame) -> "pd.DataFrame":
-    """Per (model, layer): zh-vs-en total variation, the expert most favoured by zh over en, and the shift from `base`
-    per language."""
-    import pandas as pd
-
-    t = frame.pivot_table(index=["model", "layer", "expert"], columns="lang", values="share")
-    rows = []
-    for (m, layer), g in t.groupby(level=[0, 1]):
-        d = (g["zh"] - g["en"]).droplevel([0, 1])
-        r = {
-            "model": m,
-            "layer": layer,
-            "tv_zh_en": 0.5 * d.abs().sum(),
-            "zh_expert": int(d.idxmax()),
-            "zh_minus_en": d.max(),
-        }
-        if "base" in t.index.get_level_values(0) and m != "base":
-            b = t.loc[("base", layer)]
-            for l in ("zh", "en"):
-                r[f"tv_from_base_{l}"] = 0.5 * (g[l].droplevel([0, 1]) - b[l]).abs().sum()
-        rows.append(r)
-    return pd.DataFrame(rows)

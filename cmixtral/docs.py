@@ -381,9 +381,9 @@ def site_css(font_url: str) -> str:
   unicode-range: {ranges};
 }}
 body {{
-  --md-text-font-family: -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Helvetica, Arial,
-    {cjk}, sans-serif;
-  --md-code-font-family: SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", {cjk}, monospace;
+  --md-text-font-family: {cjk}, -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Helvetica,
+    Arial, sans-serif;
+  --md-code-font-family: {cjk}, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace;
 }}
 .md-typeset .jupyter-wrapper {{
   --jp-content-font-family: var(--md-text-font-family);

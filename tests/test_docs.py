@@ -146,6 +146,31 @@ def test_the_book_font_loads_and_draws_chinese(site, tab):
         assert ours != other and our_width != other_width
     assert not tab.errors and not tab.remote
 
+CJK_LEAVES = r"""() => Array.from(document.querySelectorAll(['td', 'pre', 'p', 'li', 'code', 'span'].map(t => 'article ' + t)
+  .join(', '))).filter(e => !e.children.length && /[\u4e00-\u9fff]/.test(e.textContent) && e.getClientRects().length)
+  .map((e, i) => { e.dataset.cjk = i; return i; })"""
+
+def test_chinese_is_drawn_as_laid_out_again(site, tab):
+    """Every Chinese text on the evaluation page looks the same before and after its text is set again (which makes the
+    browser shape and draw it anew). With the book's face listed after the Latin fonts, Chromium kept some Chinese it
+    had laid out while the face was loading as boxes (the page's worked example), though the face had loaded."""
+    page = tab.open(site, "60_eval.html")
+    stale = []
+    for i in page.evaluate(CJK_LEAVES):
+        el = page.locator(f'[data-cjk="{i}"]')
+        el.scroll_into_view_if_needed()
+        box = el.bounding_box()
+        if not box or box["width"] < 1 or box["height"] < 1:
+            continue
+        clip = {k: box[k] for k in ("x", "y", "width", "height")}
+        before = page.screenshot(clip=clip)
+        el.evaluate("e => { e.textContent = e.textContent; }")
+        if page.screenshot(clip=clip) != before:
+            stale.append(el.text_content()[:40])
+    assert not stale, f"Chinese drawn as it was before the book's font loaded: {stale}"
+    assert not tab.errors and not tab.remote
+
+
 def test_every_chinese_character_on_the_pages_is_in_the_committed_font(site):
     from fontTools.ttLib import TTFont
     served = site/"assets"/"fonts"/cjk_font_path("woff2").name

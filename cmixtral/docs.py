@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
            'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'NOISE_LINES', 'README_IMAGES',
-           'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'cell_options', 'display_math', 'figure_to_file',
-           'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars', 'book_cjk_chars',
-           'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font', 'cjk_font_path',
-           'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page', 'heading_tokens',
-           'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages', 'write_assets', 'build_site',
-           'write_notebook', 'shown_outputs', 'adopt_outputs', 'adopt_images', 'adopt_run', 'execute_chapter',
-           'flat_figures', 'csv_figures', 'run_figures', 'write_figures', 'readme_text', 'write_readme']
+           'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'FRESH_BENCH', 'cell_options', 'display_math',
+           'figure_to_file', 'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars',
+           'book_cjk_chars', 'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font',
+           'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
+           'heading_tokens', 'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages',
+           'write_assets', 'build_site', 'write_notebook', 'shown_outputs', 'adopt_outputs', 'adopt_images',
+           'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures', 'bench_figures',
+           'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
@@ -614,7 +615,8 @@ def adopt_images(run_dir, images: Path) -> list[str]:
 
 def adopt_run(run_dir, nbs: Path | None = None) -> dict:
     """Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, the README's
-    figures into `nbs/images`, and the run's numbers into `nbs/figures.json`."""
+    figures into `nbs/images`, and the run's numbers (with the committed first-run benchmark's, `FRESH_BENCH`) into
+    `nbs/figures.json`."""
     nbs = Path(nbs or project_root() / "nbs")
     done = {
         p.name: adopt_outputs(p, nbs / p.name)
@@ -624,7 +626,7 @@ def adopt_run(run_dir, nbs: Path | None = None) -> dict:
     if not done:
         fail(f"no executed notebooks in {run_dir}/notebooks")
     done |= {f"images/{n}": 1 for n in adopt_images(run_dir, nbs / "images")}
-    return done | {"figures.json": write_figures(run_dir, nbs / "figures.json")}
+    return done | {"figures.json": write_figures(run_dir, nbs / "figures.json", nbs.parent / FRESH_BENCH)}
 
 # %% ../nbs/95_docs.ipynb #df000e8a
 LIBRARY_CHAPTERS = ("00_core", "45_checkpoint", "55_generate", "81_memory", "90_cli")
@@ -755,9 +757,30 @@ def run_figures(run_dir) -> dict:
     return dict(sorted(out.items()))
 
 
-def write_figures(run_dir, path: Path) -> int:
-    "Write `run_figures(run_dir)` to `path` as JSON (sorted keys, atomically); return how many numbers."
-    figures = run_figures(run_dir)
+FRESH_BENCH = (
+    "bench/out/fresh.csv"  # the first hour of a fresh machine (bench/install.py --pipeline), committed
+)
+
+
+def bench_figures(path: Path) -> dict:
+    """The rows (part, step, seconds) of a benchmark table such as `FRESH_BENCH`, each in seconds and in minutes (one
+    decimal), keyed `fresh.csv:part:step:seconds` / `…:minutes`; nothing if the table does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if (s := _figure(row.get("seconds"))) is not None:
+                key = f"{path.name}:{row['part']}:{row['step']}"
+                out |= {f"{key}:seconds": s, f"{key}:minutes": round(s / 60, 1)}
+    return out
+
+
+def write_figures(run_dir, path: Path, bench: Path | None = None) -> int:
+    """Write `run_figures(run_dir)`, with the numbers of the benchmark table `bench` (`bench_figures`), to `path` as
+    JSON (sorted keys, atomically); return how many numbers."""
+    figures = run_figures(run_dir) | (bench_figures(bench) if bench else {})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return len(figures)

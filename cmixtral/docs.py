@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
            'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'NOISE_LINES', 'README_IMAGES',
-           'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'FRESH_BENCH', 'cell_options', 'display_math',
+           'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'FRESH_BENCH', 'cell_options', 'math_to_mathml',
            'figure_to_file', 'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars',
            'book_cjk_chars', 'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font',
            'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
@@ -33,19 +33,25 @@ def cell_options(src: str) -> tuple[dict, str]:
 
 # %% ../nbs/95_docs.ipynb #3176a864
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?![\s$])([^$\n]+?)(?<![\s\\])\$(?![\w$])")
 _CODE_SPANS = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
 
 
-def _mathml(m: re.Match) -> str:
+def _mathml(m: re.Match, display: str = "block") -> str:
     from latex2mathml.converter import convert
 
-    return convert(" ".join(m.group(1).split()), display="block")
+    return convert(" ".join(m.group(1).split()), display=display)
 
 
-def display_math(md: str) -> str:
-    "Markdown with each `$$…$$` formula outside code turned into MathML, which browsers draw by themselves."
+def _prose_math(text: str) -> str:
+    "Display formulas, then inline ones, of prose with no code in it, as MathML."
+    return _INLINE_MATH.sub(lambda m: _mathml(m, "inline"), _DISPLAY_MATH.sub(_mathml, text))
+
+
+def math_to_mathml(md: str) -> str:
+    "Markdown with each `$$…$$` and `$…$` formula outside code turned into MathML, which browsers draw by themselves."
     parts = _CODE_SPANS.split(md)  # code at odd positions
-    return "".join(p if i % 2 else _DISPLAY_MATH.sub(_mathml, p) for i, p in enumerate(parts))
+    return "".join(p if i % 2 else _prose_math(p) for i, p in enumerate(parts))
 
 # %% ../nbs/95_docs.ipynb #771c60c7
 _FIGURE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg"}
@@ -76,7 +82,7 @@ def page_cell(cell: dict) -> dict | None:
     "A processed cell as its page shows it: `#|` options applied, stderr dropped; None if nothing shows."
     src = "".join(cell["source"])
     if cell["cell_type"] == "markdown":
-        return None if src.startswith(_NBDEV_BANNER) else {**cell, "source": display_math(src)}
+        return None if src.startswith(_NBDEV_BANNER) else {**cell, "source": math_to_mathml(src)}
     if cell["cell_type"] != "code":
         return None
     opts, code = cell_options(src)

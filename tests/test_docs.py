@@ -193,6 +193,9 @@ def test_pages_carry_code_prose_tables_and_figures(site):
     assert (site/"images"/"base_loss.png").exists()
     vocab = (site/"10_vocab.html").read_text(encoding="utf-8")
     assert "<math" in vocab and "$$" not in vocab                       # the ALP formula as MathML
+    pretrain = (site/"40_pretrain.html").read_text(encoding="utf-8")
+    prose = re.sub(r"<(pre|code|script|style)\b.*?</\1>", "", pretrain, flags=re.S)
+    assert 'display="inline"' in pretrain and not re.search(r"\$[A-Za-z\\][^$<]*\$", prose)   # $W$ as MathML
 
 def test_nothing_is_loaded_from_the_network(site):
     remote = re.compile(r'<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)="(?:https?:)?//'

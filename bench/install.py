@@ -13,7 +13,7 @@ writes the first hour of a fresh machine, install and pipeline, to `bench/out/fr
 A benchmark, not a test: the numbers vary with the machine and the network; the goal is under 3 minutes
 on 2 CPU cores with an empty pip cache.
 """
-import argparse, os, re, shlex, shutil, subprocess, sys, tempfile, time
+import argparse, csv, os, re, shlex, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ap = argparse.ArgumentParser()
@@ -128,19 +128,19 @@ def run_pipeline(config):
     r = subprocess.run([str(py), "bench/pipeline.py", "--config", config, "--out", str(out)], cwd=root, env=venv_env)
     if r.returncode:
         sys.exit(f"pipeline failed (exit {r.returncode}) in the fresh venv; its run directory: {out}")
-    import csv
     rows = list(csv.DictReader((out/"bench_times.csv").open()))
     return time.time() - t, rows
 
 
 if a.pipeline and not failed and all(ok for _, ok, _ in checks):
     seconds, stages = run_pipeline(a.pipeline)
-    lines = ["part,step,seconds", f"install,total,{total:.1f}"]
-    lines += [f'install,"{name}",{s:.1f}' for name, s in rows]
-    lines += [f"pipeline,{r['stage']},{float(r['wall_s']):.1f}" for r in stages]
-    lines.append(f"fresh machine,install and pipeline,{total + seconds:.1f}")
+    table = [("part", "step", "seconds"), ("install", "total", f"{total:.1f}")]
+    table += [("install", name, f"{s:.1f}") for name, s in rows]
+    table += [("pipeline", r["stage"], f"{float(r['wall_s']):.1f}") for r in stages]
+    table.append(("fresh machine", "install and pipeline", f"{total + seconds:.1f}"))
     path = root/"bench"/"out"/"fresh.csv"
-    path.with_suffix(".tmp").write_text("\n".join(lines) + "\n")
+    with open(path.with_suffix(".tmp"), "w", newline="") as f:
+        csv.writer(f).writerows(table)
     path.with_suffix(".tmp").rename(path)
     print(f"install {total / 60:.1f} min + pipeline {seconds / 60:.1f} min = {(total + seconds) / 60:.1f} min; "
           f"written {path}")

@@ -7,9 +7,10 @@ Creates a venv in a temporary directory, asks make for the install recipe with P
 the venv: every installed package (but pip and cmixtral) at its version in the lock and none outside it;
 cmixtral, deepspeed, bitsandbytes, peft and lm_eval import; `cmixtral --help` runs; deepspeed imports
 with DS_ACCELERATOR=cpu. `--no-cache` runs the steps with PIP_NO_CACHE_DIR=1 (nothing from earlier
-downloads or builds); `--keep` keeps the venv and prints its path. `--pipeline CONFIG` then runs `bench/pipeline.py --config CONFIG`
-with the venv's python and `cmixtral` (a cold cache and a fresh run directory, `bench/out/fresh-<config>`), and
-writes the first hour of a fresh machine, install and pipeline, to `bench/out/fresh.csv`.
+downloads or builds); `--keep` keeps the venv and prints its path. `--pipeline CONFIG` then runs
+`bench/pipeline.py --config CONFIG` with the venv's python and `cmixtral` (a cold cache and a fresh run directory,
+`bench/out/fresh-<config>`), and writes the first hour of a fresh machine, install and pipeline, to
+`bench/out/fresh.csv`.
 A benchmark, not a test: the numbers vary with the machine and the network; the goal is under 3 minutes
 on 2 CPU cores with an empty pip cache.
 """
@@ -120,6 +121,8 @@ print(f"{'total':<100} {total:>8.1f}   ({total / 60:.1f} min; goal: under 3 min 
 print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 for name, ok, detail in checks:
     print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+
+
 def run_pipeline(config):
     "bench/pipeline.py on `config` with the venv first on PATH; (seconds, the stage rows of its bench_times.csv)."
     out = root/"bench"/"out"/f"fresh-{Path(config).stem}"

@@ -124,15 +124,14 @@ for name, ok, detail in checks:
 
 
 def run_pipeline(config):
-    "bench/pipeline.py on `config` with the venv first on PATH; (seconds, the stage rows of its bench_times.csv)."
+    "bench/pipeline.py on `config` with the venv first on PATH; (seconds, the rows of its bench_times.csv)."
     out = root/"bench"/"out"/f"fresh-{Path(config).stem}"
     venv_env = {**os.environ, "PATH": f"{venv/'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
     t = time.time()
     r = subprocess.run([str(py), "bench/pipeline.py", "--config", config, "--out", str(out)], cwd=root, env=venv_env)
     if r.returncode:
         sys.exit(f"pipeline failed (exit {r.returncode}) in the fresh venv; its run directory: {out}")
-    rows = list(csv.DictReader((out/"bench_times.csv").open()))
-    return time.time() - t, rows
+    return time.time() - t, list(csv.DictReader((out/"bench_times.csv").open()))
 
 
 if a.pipeline and not failed and all(ok for _, ok, _ in checks):

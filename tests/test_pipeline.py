@@ -44,7 +44,8 @@ def test_second_run_skips_everything(micro_run):
     out, _ = micro_run
     r = cmixtral("pipeline", "--config", MICRO, "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert all(l.split()[1] == "skipped" for l in r.stdout.strip().splitlines())
+    rows = [l.split()[:2] for l in r.stdout.strip().splitlines()]
+    assert rows == [[stage, "skipped"] for stage in list_stages()], r.stdout
 
 def test_run_dir_of_another_config_is_refused(micro_run):
     out, _ = micro_run

@@ -11,17 +11,19 @@ import torch
 from .core import *
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'PURPOSES', 'EMBED', 'HEAD', 'ST_DTYPES', 'PEFT_PREFIX', 'MIXTRALKIT_MD5', 'NATIVE_FIXED',
-           'NATIVE_LAYER', 'QuantSettings', 'compute_dtype', 'bnb_config', 'cpu_safe_4bit', 'quantised_modules',
-           'device_map', 'load_mixtral_tokenizer', 'check_vocab', 'check_model_dir', 'load_model', 'load_pair',
-           'save_model', 'size_bytes', 'stored_dtype', 'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes',
-           'model_folder', 'safetensors_header', 'stored_tensor_bytes', 'tensor_files', 'read_tensors',
-           'token_matrices_model', 'copy_bytes', 'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows',
-           'grow_model', 'read_adapter', 'check_adapter_fits', 'merged_tensor', 'copy_model_files',
-           'copy_tokenizer_files', 'merge_adapter', 'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge',
-           'quantised_by_loading', 'quantisation_device', 'dequantized_tensor', 'dequantize_to_dir', 'merge_peak_bytes',
-           'permute_rope', 'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params',
-           'native_state_dict', 'hf_to_native', 'hf_config_of_native', 'native_to_hf']
+__all__ = ['LORA_TARGETS', 'NF4_LEVELS', 'NF4_CHECK_SHAPES', 'PURPOSES', 'EMBED', 'HEAD', 'ST_DTYPES', 'PEFT_PREFIX',
+           'MIXTRALKIT_MD5', 'NATIVE_FIXED', 'NATIVE_LAYER', 'QuantSettings', 'compute_dtype', 'bnb_config',
+           'cpu_safe_4bit', 'quantised_modules', 'block_scales', 'nf4_reference', 'nf4_kernel_errors',
+           'cpu_dequantize_4bit', 'torch_dequantize_4bit', 'nf4_kernel_record', 'check_nf4_kernel', 'device_map',
+           'load_mixtral_tokenizer', 'check_vocab', 'check_model_dir', 'load_model', 'load_pair', 'save_model',
+           'size_bytes', 'stored_dtype', 'ShardWriter', 'shard_files', 'iter_tensors', 'tensor_shapes', 'model_folder',
+           'safetensors_header', 'stored_tensor_bytes', 'tensor_files', 'read_tensors', 'token_matrices_model',
+           'copy_bytes', 'tensor_bytes', 'grow_shard', 'link_or_copy', 'check_rows', 'grow_model', 'read_adapter',
+           'check_adapter_fits', 'merged_tensor', 'copy_model_files', 'copy_tokenizer_files', 'merge_adapter',
+           'lora_model', 'perturb_adapter', 'expected_merged', 'check_merge', 'quantised_by_loading',
+           'quantisation_device', 'dequantized_tensor', 'dequantize_to_dir', 'merge_peak_bytes', 'permute_rope',
+           'unpermute_rope', 'read_md5_list', 'verify_md5', 'write_md5_list', 'native_params', 'native_state_dict',
+           'hf_to_native', 'hf_config_of_native', 'native_to_hf']
 
 # %% ../nbs/45_checkpoint.ipynb #2d56f3e9
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3")
@@ -84,6 +86,173 @@ def quantised_modules(model) -> dict[str, str]:
             key = name.removeprefix("base_model.model.").replace(".base_layer", "")
             out[key] = m.weight.quant_state.quant_type if m.weight.quant_state else m.weight.quant_type
     return out
+
+# %% ../nbs/45_checkpoint.ipynb #nf4ref02
+NF4_LEVELS = torch.tensor(  # the 16 NF4 levels (QLoRA, Appendix E): normal quantiles scaled to [-1, 1]
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ]
+)
+NF4_CHECK_SHAPES = ((32, 32), (16, 96), (64, 32), (32, 128))  # rows of half, 1.5, half and two blocks of 64
+
+
+def block_scales(state) -> torch.Tensor:
+    "The float32 absmax of each block of a bitsandbytes `QuantState`, decoded from 8 bits under double quantisation."
+    if not state.nested:
+        return state.absmax.float()
+    # each absmax code looked up in the 8-bit map, times the float32 scale of its group of 256, plus the offset
+    s2 = state.state2
+    i = torch.arange(state.absmax.numel(), device=state.absmax.device)
+    return s2.code[state.absmax.long()] * s2.absmax[i // s2.blocksize] + state.offset
+
+
+def nf4_reference(
+    packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = 64, dtype=torch.float32
+):
+    "NF4 weights in pure torch: the level of each 4-bit code (high nibble first) × the absmax of its flat block."
+    b = packed.reshape(-1).view(torch.uint8)
+    codes = torch.stack([b >> 4, b & 15], 1).reshape(-1).long()
+    n = math.prod(shape)
+    i = torch.arange(n, device=b.device)
+    w = NF4_LEVELS.to(b.device)[codes[:n]] * absmax.float()[i // blocksize]
+    return w.reshape(tuple(shape)).to(dtype)
+
+
+def nf4_kernel_errors(shapes=NF4_CHECK_SHAPES, ulps: int = 16) -> dict:
+    """The largest |bitsandbytes − `nf4_reference`| over `shapes` (weights of std 0.02, NF4 in blocks of 64, with
+    and without double quantisation): de-quantised to float32 and bfloat16 (`dequantize`), and through a `Linear4bit`
+    forward as `load_model` sets it up, with and without gradients, against `F.linear` of the reference weight
+    (`forward`); `wrong`: the shapes where one is off by more than `ulps` units in the last place of its largest
+    value; `ok`: none is."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    out = {"dequantize": 0.0, "forward": 0.0, "wrong": []}
+
+    def note(kind, shape, got, want):
+        d = (got.float() - want.float()).abs().max().item()
+        out[kind] = max(out[kind], d)
+        if (
+            d > ulps * torch.finfo(want.dtype).eps * want.float().abs().max().item()
+            and shape not in out["wrong"]
+        ):
+            out["wrong"].append(shape)
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(0)
+        for o, i in shapes:
+            w = torch.randn(o, i) * 0.02
+            for nested in (False, True):
+                for dt in (torch.float32, torch.bfloat16):
+                    q, s = bnbf.quantize_4bit(
+                        w.to(dt), blocksize=64, compress_statistics=nested, quant_type="nf4"
+                    )
+                    want = nf4_reference(q, block_scales(s), s.shape, 64, dt)
+                    note("dequantize", (o, i), bnbf.dequantize_4bit(q, s), want)
+            layer = bnb.nn.Linear4bit(
+                i, o, bias=False, compute_dtype=torch.float32, quant_type="nf4", device="meta"
+            )
+            layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", blocksize=64).to("cpu")
+            s = cpu_safe_4bit(layer).weight.quant_state
+            x = torch.randn(3, i)
+            want = torch.nn.functional.linear(x, nf4_reference(layer.weight.data, block_scales(s), s.shape))
+            with torch.no_grad():
+                note("forward", (o, i), layer.eval()(x), want)
+            note("forward", (o, i), layer.train()(x.requires_grad_()).detach(), want)
+    return {**out, "ok": not out["wrong"]}
+
+# %% ../nbs/45_checkpoint.ipynb #nf4chk02
+_NF4_CHECK: dict = {}  # what `check_nf4_kernel` found, once per process
+_NF4_LIBS: list = []  # the kernel registrations it made (`_destroy()` on one undoes it)
+
+
+def cpu_dequantize_4bit(kernel):
+    """Register `kernel` as bitsandbytes' `dequantize_4bit` for CPU tensors; returns the `torch.library.Library`
+    that holds it: the registration lasts while it is referenced, and its `_destroy()` undoes it."""
+    import warnings
+
+    import bitsandbytes  # noqa: F401 (defines the operator)
+
+    lib = torch.library.Library("bitsandbytes", "FRAGMENT")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+        torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", kernel, lib=lib)
+    return lib
+
+
+def torch_dequantize_4bit(A, absmax, blocksize: int, quant_type: str, shape, dtype):
+    "bitsandbytes' own pure-torch `dequantize_4bit` (its kernel for devices without a native one), run eagerly."
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    # the function itself, not its torch.compile wrapper (which compiles anew for every shape)
+    compute = getattr(_dequantize_4bit_compute, "__wrapped__", _dequantize_4bit_compute)
+    A = A if A.dtype == torch.uint8 else A.view(torch.uint8)
+    return compute(A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize, shape, dtype)
+
+
+def nf4_kernel_record() -> dict:
+    "What `check_nf4_kernel` found in this process ({} before it ran): the kernel in use and the largest differences."
+    return dict(_NF4_CHECK)
+
+
+def check_nf4_kernel(again: bool = False) -> dict:
+    """Compare bitsandbytes' CPU NF4 de-quantisation with `nf4_reference` (once per process, or `again`); where they
+    differ, switch CPU tensors to bitsandbytes' pure-torch kernel and check again. Returns `nf4_kernel_record()`."""
+    if _NF4_CHECK and not again:
+        return nf4_kernel_record()
+    import time
+
+    import bitsandbytes
+
+    t0, found = time.perf_counter(), nf4_kernel_errors()
+    after, v = found, bitsandbytes.__version__
+    if not found["ok"]:
+        _NF4_LIBS.append(cpu_dequantize_4bit(torch_dequantize_4bit))
+        after = nf4_kernel_errors()
+        if not after["ok"]:
+            fail(
+                f"bitsandbytes {v}: NF4 de-quantisation on the CPU differs from the reference by "
+                f"{after['dequantize']:.3g} (weights of std 0.02) even with its pure-torch kernel"
+            )
+    kernel = "bitsandbytes' pure-torch kernel" if _NF4_LIBS else "bitsandbytes' CPU kernel"
+    _NF4_CHECK.clear()
+    _NF4_CHECK.update(
+        dequantize_4bit=kernel,  # the kernel CPU tensors use from now on
+        found_max_diff=found["dequantize"],  # largest weight difference before any switch
+        found_output_diff=found["forward"],  # largest Linear4bit output difference before any switch
+        found_wrong=found["wrong"],  # the shapes it was wrong on
+        max_diff=after["dequantize"],
+        output_diff=after["forward"],
+        bitsandbytes=v,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        check_ms=round(1000 * (time.perf_counter() - t0), 1),
+    )
+    if found["ok"]:
+        get_logger().info(
+            f"NF4 de-quantisation on the CPU ({kernel}, bitsandbytes {v}) matches the reference"
+        )
+    else:
+        get_logger().warning(
+            f"bitsandbytes {v}'s CPU dequantize_4bit differs from the NF4 reference on shapes {found['wrong']} "
+            f"(largest error {found['dequantize']:.3g} on weights of std 0.02); using its pure-torch kernel"
+        )
+    return nf4_kernel_record()
 
 # %% ../nbs/45_checkpoint.ipynb #724b769b
 PURPOSES = ("train", "forward")
@@ -158,6 +327,8 @@ def load_model(
 
     check_model_dir(path)
     q = bnb_config(quant)
+    if q is not None:
+        check_nf4_kernel()
     if q is not None and dtype == "auto":
         dtype = str(compute_dtype(quant)).removeprefix("torch.")
     dm = device if device is not None else device_map(purpose)
@@ -696,6 +867,7 @@ def dequantized_tensor(w: torch.Tensor, Q: QuantSettings) -> torch.Tensor:
     "`w` as a 4-bit layer holds it: cast to the compute dtype, quantised per `Q`, de-quantised (on the CPU)."
     import bitsandbytes.functional as bnbf
 
+    check_nf4_kernel()
     x = w.to(quantisation_device(), compute_dtype(Q))
     q, state = bnbf.quantize_4bit(
         x, blocksize=64, compress_statistics=Q.double_quant, quant_type=Q.quant_type

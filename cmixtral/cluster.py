@@ -9,8 +9,9 @@ __all__ = ['JOB_DONE', 'PREFLIGHT_PACKAGES', 'nbs_dir', 'has_parameters_cell', '
            'check_launcher', 'stage_slurm', 'stage_threads', 'check_stage_resources', 'pipeline_command',
            'torchrun_command', 'launch_steps', 'sbatch_directives', 'sbatch_script', 'write_sbatch', 'slurm_tool',
            'run_slurm', 'jobs_file', 'submit_chain', 'parse_scontrol_record', 'job_state', 'chain_status',
-           'cancel_chain', 'format_table', 'local_paths', 'check_paths', 'needed_packages', 'check_packages',
-           'check_deepspeed', 'check_stage_jobs', 'check_memory', 'disk_plan', 'check_disk', 'preflight']
+           'cancel_chain', 'format_table', 'local_paths', 'check_paths', 'check_heldout', 'needed_packages',
+           'check_packages', 'check_deepspeed', 'check_stage_jobs', 'check_memory', 'disk_plan', 'check_disk',
+           'preflight']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
 import dataclasses, json, os, re, shlex, shutil, subprocess, sys, time
@@ -643,6 +644,15 @@ def check_paths(cfg: Config) -> list[dict]:
         rows.append(_row("path", found, f"{key}: {p}" + ("" if found else " not found")))
     return rows or [_row("path", True, "the config names no local path (package, npm and hub sources only)")]
 
+
+def check_heldout(cfg: Config) -> list[dict]:
+    "One row per training source that reads held-out text, or one row saying none does."
+    bad = heldout_overlaps(dict(cfg))
+    if bad:
+        return [_row("held-out", False, b) for b in bad]
+    n, m = len(heldout_places(dict(cfg))), len(training_sources(dict(cfg)))
+    return [_row("held-out", True, f"none of {m} training source(s) reads any of {n} held-out place(s)")]
+
 # %% ../nbs/80_cluster.ipynb #4a7c6d82
 PREFLIGHT_PACKAGES = ("torch", "transformers", "peft", "datasets", "papermill", "lm_eval", "bitsandbytes")
 
@@ -844,11 +854,13 @@ def check_disk(cfg: Config, run_dir) -> list[dict]:
 
 
 def preflight(config, out=None, overrides=(), nbs=None) -> list[dict]:
-    "Checks before booking (paths, packages, DeepSpeed, jobs, GPU memory, disk): rows of check, ok, detail."
-    cfg = load_config(config, overrides)
+    """Checks before booking (paths, held-out text, packages, DeepSpeed, jobs, GPU memory, disk): rows of
+    check, ok, detail."""
+    cfg = load_config(config, overrides, heldout=False)  # an overlap is a row of the table, not an error
     run_dir = Path(out or f"runs/{cfg.name}")
     return (
         check_paths(cfg)
+        + check_heldout(cfg)
         + check_packages(cfg)
         + check_deepspeed(cfg)
         + check_stage_jobs(cfg, nbs)

@@ -4,10 +4,10 @@
 
 # %% ../nbs/00_core.ipynb #8dd049bf
 from __future__ import annotations
-import dataclasses, hashlib, json, logging, os, platform, shutil, sys, tempfile, time, typing
+import dataclasses, fnmatch, hashlib, json, logging, os, platform, shutil, sys, tempfile, time, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 import yaml
 
 # %% auto #0
@@ -15,9 +15,10 @@ __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_R
            'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash', 'text_hash',
            'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum', 'light_read_bytes',
            'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl', 'Config',
-           'parse_override', 'load_config', 'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root',
-           'project_file', 'hub_files', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir',
-           'stage_done', 'read_manifest', 'StageRun', 'seed_everything']
+           'parse_override', 'training_sources', 'heldout_places', 'heldout_overlaps', 'load_config',
+           'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file', 'hub_files',
+           'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest',
+           'StageRun', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -327,9 +328,153 @@ def _set_key(d: dict, keys: list, val, where: str):
         else:
             node = node[k]
 
+# %% ../nbs/00_core.ipynb #e55d3cfc
+def _glob_reaches(rel: str, pat: str) -> bool:
+    """Whether the glob `pat` (glob.glob's rules: `*` within a folder, `**` any depth) matches the relative path
+    `rel` or, when `rel` is a folder, files under it: `_glob_reaches('eval', '*/x.jsonl')` is True."""
+    parts, pats = PurePosixPath(rel).parts, PurePosixPath(pat).parts
+    for i, part in enumerate(parts):
+        if i >= len(pats):
+            return False
+        if pats[i] == "**":
+            return True
+        if not fnmatch.fnmatchcase(part, pats[i]):
+            return False
+    return True
+
+
+def _hub_match(path: str, pat: str) -> bool:
+    "Whether hub pattern `pat` selects `path` as huggingface_hub does (fnmatch; a trailing `/` means the folder)."
+    return fnmatch.fnmatch(path, pat + "*" if pat.endswith("/") else pat)
+
+
+def _excluded(rel: str, exclude) -> bool:
+    "Whether the relative path `rel` matches an `exclude` pattern (a pattern ending in `/`: that folder)."
+    return any(_hub_match(rel, ex) or (ex.endswith("/") and fnmatch.fnmatch(rel + "/", ex)) for ex in exclude)
+
+# %% ../nbs/00_core.ipynb #a49c858e
+def _list(v) -> list:
+    "A config value as a list: a list as it is, one string as a list of it, anything else as []."
+    return [v] if isinstance(v, str) else list(v) if isinstance(v, list) else []
+
+
+def _entries(v) -> list[dict]:
+    "The mappings of a config list (other items are left to the stage's own parser)."
+    return [x for x in _list(v) if isinstance(x, dict)]
+
+
+def _local(p) -> str:
+    "A local path resolved as the stages resolve it (`~` expanded, relative to the working directory)."
+    return Path(str(p)).expanduser().resolve().as_posix()
+
+
+def _corpus_place(c: dict) -> tuple[tuple, str]:
+    "(namespace, path) of an assets corpus: a hub dataset repository, the local disk, or a package."
+    src, pkg, f = str(c.get("source", "")), str(c.get("package", "")), str(c.get("file", ""))
+    if src == "hub":
+        return ("hub", pkg), f
+    if src == "path":
+        return ("path", ""), _local(f)
+    return (src, pkg), f
+
+
+def _slice(c: dict):
+    "What a `split: both` corpus holds out (its block length), None for a corpus that is all one split."
+    return ("both", c.get("heldout_block", 1)) if c.get("split", "both") == "both" else None
+
+
+def training_sources(raw: dict) -> list[dict]:
+    """Where the training stages read text, from the raw config: a namespace (`('hub', repo)`, `('path', '')`
+    or a package), a root, a glob under it (None: all of it), excluded patterns and a label."""
+    A, out = raw.get("assets") or {}, []
+    for c in _entries(A.get("corpora")):
+        if c.get("split", "both") not in ("train", "both"):
+            continue
+        ns, f = _corpus_place(c)
+        hub, of = ns[0] == "hub", f" of {ns[1]}" if ns[1] else ""
+        key = f"assets.corpora[{c.get('name', '')}] file '{f}'{of}"
+        root, pattern = ("", f) if hub else (f, None)
+        out.append(dict(key=key, ns=ns, root=root, pattern=pattern, file=f, slice=_slice(c)))
+    for sec in ("data", "sft"):
+        for d in _entries((raw.get(sec) or {}).get("datasets")):
+            name, src, path = f"{sec}.datasets[{d.get('name', '')}]", d.get("source"), str(d.get("path", ""))
+            ex = [str(e) for e in _list(d.get("exclude"))]
+            if src == "chatterbot":
+                key = f"{name} folder 'data/{path}' of chatterbot_corpus"
+                out.append(
+                    dict(key=key, ns=("package", "chatterbot_corpus"), root=f"data/{path}", pattern=None)
+                )
+                continue
+            if src not in ("hub", "path") or not path:
+                continue  # source 'corpus': an assets corpus's training slice, checked with that corpus
+            hub = src == "hub"
+            ns, root = (("hub", path), "") if hub else (("path", ""), _local(path))
+            for pat in [str(p) for p in _list(d.get("files"))] or ["*.jsonl"]:
+                key = f"{name} files '{pat}' {f'of {path}' if hub else f'under {root}'}"
+                out.append(dict(key=key, ns=ns, root=root, pattern=pat, exclude=ex, many=True))
+    return out
+
+
+def heldout_places(raw: dict) -> list[dict]:
+    "The held-out text the figures are measured on, from the raw config: a namespace, a path and a label."
+    A, C, E = (raw.get(s) or {} for s in ("assets", "codec", "eval"))
+    out = []
+    for c in _entries(A.get("corpora")):
+        if (s := _slice(c)) or c.get("split") == "heldout":
+            ns, f = _corpus_place(c)
+            key = f"assets.corpora[{c.get('name', '')}]" + (", split: both" if s else "")
+            out.append(
+                dict(key=key, ns=ns, path=f, what="the held-out blocks of" if s else "held-out file", slice=s)
+            )
+    for t in _entries(C.get("texts")):
+        repo, path = str(t.get("repo") or ""), str(t.get("path", ""))
+        ns, p = (("hub", repo), path) if repo else (("path", ""), _local(path))
+        out.append(dict(key=f"codec.texts[{t.get('name', '')}]", ns=ns, path=p, what="held-out file"))
+    td = E.get("task_data")
+    if isinstance(td, str) and td and td not in ("generate", "hub"):
+        out.append(dict(key="eval.task_data", ns=("path", ""), path=_local(td), what="held-out folder"))
+    if td == "hub":  # a benchmark's hub repository is held out whole: training reads none of its files
+        for t in _entries(E.get("hub_tasks")):
+            repo = str(t.get("repo", ""))
+            key = f"eval.hub_tasks[{t.get('task', '')}]"
+            out.append(dict(key=key, ns=("hub", repo), path="*", shown=repo, what="the benchmark repository"))
+    return out
+
+
+def _reads(t: dict, h: dict) -> bool:
+    "Whether training source `t` reads held-out place `h`, or part of it."
+    if t["ns"] != h["ns"]:
+        return False
+    if t.get("slice") and (t["file"], t["slice"]) == (h["path"], h.get("slice")):
+        return False  # one corpus split by position: its training blocks are not its held-out blocks
+    ex = t.get("exclude") or []
+    if t["ns"][0] == "hub":  # repo paths; a held-out path may itself be a pattern
+        hit = _hub_match(h["path"], t["pattern"]) or fnmatch.fnmatch(t["pattern"], h["path"])
+        return hit and not _excluded(h["path"], ex)
+    root, p = PurePosixPath(t["root"]), PurePosixPath(h["path"])
+    if root == p or p in root.parents:
+        return True  # the training source is the held-out place or lies inside it
+    if root not in p.parents:
+        return False
+    rel = p.relative_to(root).as_posix()
+    return not _excluded(rel, ex) and (t["pattern"] is None or _glob_reaches(rel, t["pattern"]))
+
+
+def heldout_overlaps(raw: dict) -> list[str]:
+    "One line per training source that reads held-out text (empty: every held-out text is held out)."
+    held = heldout_places(raw)
+    return [
+        f"{t['key']} {'match' if t.get('many') else 'matches'} {h['what']} {h.get('shown', h['path'])} ({h['key']}):"
+        " a training stage would see held-out text"
+        for t in training_sources(raw)
+        for h in held
+        if _reads(t, h)
+    ]
+
 # %% ../nbs/00_core.ipynb #2527599c
-def load_config(path, overrides=()) -> Config:
-    "Read the YAML config at `path`, apply `key=value` overrides, and check its top-level keys."
+def load_config(path, overrides=(), heldout: bool = True) -> Config:
+    """Read the YAML config at `path`, apply `key=value` overrides, check its top-level keys and (`heldout`) that
+    no training source reads held-out text."""
     path = Path(path)
     if not path.is_file():
         fail(f"config file {path} not found")
@@ -347,6 +492,9 @@ def load_config(path, overrides=()) -> Config:
     for o in overrides:
         keys, val = parse_override(o)
         _set_key(d, keys, val, path)
+    if heldout and (bad := heldout_overlaps(d)):
+        more = f" (and {len(bad) - 1} more: cmixtral preflight lists them)" if len(bad) > 1 else ""
+        fail(f"{path}: {bad[0]}{more}")
     return Config(d, path, overrides)
 
 # %% ../nbs/00_core.ipynb #b1b4173f
@@ -458,18 +606,27 @@ def _hub_error(e: Exception) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def hub_files(repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None) -> list[Path]:
-    """The files of hub repo `repo_id` matching glob `patterns`, fetched file by file into the Hugging Face
-    cache (offline: found there); each pattern's files sorted, every pattern required to match."""
+def hub_files(
+    repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None, exclude=()
+) -> list[Path]:
+    """The files of hub repo `repo_id` matching glob `patterns` but none of `exclude`, fetched file by file into
+    the Hugging Face cache (offline: found there); each pattern's files sorted, every pattern required to match."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import filter_repo_objects
 
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     if not patterns:
         fail(f"hub {repo_type} {repo_id}: no file patterns given")
     try:
         snap = Path(
-            snapshot_download(repo_id, repo_type=repo_type, allow_patterns=patterns, revision=revision)
+            snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                allow_patterns=patterns,
+                ignore_patterns=exclude or None,
+                revision=revision,
+            )
         )
     except (
         OSError,
@@ -480,10 +637,11 @@ def hub_files(repo_id: str, patterns, repo_type: str = "dataset", revision: str 
     cached = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
     out = []
     for pat in patterns:
-        got = list(filter_repo_objects(cached, allow_patterns=[pat]))
+        got = list(filter_repo_objects(cached, allow_patterns=[pat], ignore_patterns=exclude or None))
         if not got:
             fail(
                 f"hub {repo_type} {repo_id}: no file matches '{pat}'"
+                + (f" outside exclude {exclude}" if exclude else "")
                 + (" in the cache" if _hub_offline() else "")
             )
         out += [snap / g for g in got if snap / g not in out]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_data.ipynb #153ee49d
 from __future__ import annotations
-import glob, json, math, multiprocessing as mp, os, re, tomllib, zlib
+import fnmatch, glob, json, math, multiprocessing as mp, os, re, tomllib, zlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +171,7 @@ class DataSource:
     files: list[str] = field(
         default_factory=list
     )  # glob patterns of jsonl/parquet files under `path` (path, hub)
+    exclude: list[str] = field(default_factory=list)  # patterns of files under `path` not to read (path, hub)
     max_docs: int = 0  # keep only the first max_docs documents (0: all)
 
 
@@ -218,6 +219,8 @@ def registry_entry(src: DataSource, splits=("train", "dev")) -> dict:
         e["corpus"] = src.corpus
     else:
         e["path"], e["files"] = src.path, list(src.files)
+        if src.exclude:
+            e["exclude"] = list(src.exclude)
     return e
 
 
@@ -340,13 +343,24 @@ def check_shards(files: list) -> list:
     return files
 
 
-def local_files(root, patterns: list) -> list[Path]:
-    "The files matching glob `patterns` under `root`, sorted, each pattern required to match, shards checked."
+def _excluded(path, root, exclude) -> bool:
+    "Whether `path` (under `root`) matches one of the `exclude` patterns, as huggingface_hub matches them."
+    rel = Path(path).relative_to(root).as_posix()
+    return any(fnmatch.fnmatch(rel, ex + "*" if ex.endswith("/") else ex) for ex in exclude)
+
+
+def local_files(root, patterns: list, exclude=()) -> list[Path]:
+    """The files matching glob `patterns` under `root` but none of `exclude`, sorted, each pattern required to
+    match, shards checked."""
     out = []
     for pat in patterns or ["*.jsonl"]:
         got = sorted(glob.glob(str(Path(root) / pat), recursive=True))
+        got = [g for g in got if not _excluded(g, root, exclude)]
         if not got:
-            fail(f"no files match {Path(root) / pat}")
+            fail(
+                f"no files match {Path(root) / pat}"
+                + (f" outside exclude {list(exclude)}" if exclude else "")
+            )
         out += [Path(g) for g in got if Path(g) not in out]
     return [Path(f) for f in check_shards(out)]
 
@@ -363,9 +377,14 @@ def source_files(src: DataSource, run_dir) -> list[Path]:
             )
         return paths
     if src.source == "path":
-        return local_files(src.path, src.files)
+        return local_files(src.path, src.files, src.exclude)
     if src.source == "hub":
-        return [Path(f) for f in check_shards(hub_files(src.path, src.files or ["*.jsonl"], "dataset"))]
+        return [
+            Path(f)
+            for f in check_shards(
+                hub_files(src.path, src.files or ["*.jsonl"], "dataset", exclude=src.exclude)
+            )
+        ]
     fail(f"dataset {src.name}: unknown source '{src.source}' (use corpus, path or hub)")
 
 # %% ../nbs/30_data.ipynb #33f8085f

@@ -4,7 +4,7 @@
 
 # %% ../nbs/60_eval.ipynb #67b2279e
 from __future__ import annotations
-import importlib, json, math, random, re, time
+import importlib, json, math, random, re, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -15,12 +15,13 @@ from .checkpoint import QuantSettings, load_mixtral_tokenizer, load_pair
 from .generate import SamplesConfig, generate
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES', 'EvalConfig',
-           'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'lm_eval_model', 'run_lm_eval', 'save_results',
-           'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares', 'routing_frame',
-           'plot_routing', 'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows', 'hellaswag_rows',
-           'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config', 'write_task_yamls',
-           'find_models', 'eval_quant', 'load_model']
+__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES', 'HubTask',
+           'EvalConfig', 'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'lm_eval_model', 'run_lm_eval',
+           'save_results', 'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares',
+           'routing_frame', 'plot_routing', 'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows',
+           'hellaswag_rows', 'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config',
+           'write_task_yamls', 'check_hub_task', 'layout_files', 'fetch_hub_tasks', 'find_models', 'eval_quant',
+           'load_model']
 
 # %% ../nbs/60_eval.ipynb #7de2a537
 DEFAULT_PROMPTS = [
@@ -35,6 +36,18 @@ DEFAULT_PROMPTS = [
 
 
 @dataclass
+class HubTask:
+    "Where one benchmark's files are on the hub, and where each goes in the task directory (`task_data: hub`)."
+
+    task: str  # the benchmark: ceval-valid, cmmlu, mmlu or hellaswag
+    repo: str  # hub dataset id (the dataset_path of lm-eval's task config)
+    revision: str = "main"  # a commit hash pins the files; a branch name follows the branch
+    files: dict[str, str] = field(default_factory=dict)  # {glob in the repo: place in the task directory}:
+    # 'folder/' keeps the repo path below the folder (a .zip is unpacked there), a file name takes the one match
+    exclude: list[str] = field(default_factory=list)  # globs of matched repo files left out of the layout
+
+
+@dataclass
 class EvalConfig:
     "The `eval` section of a config."
 
@@ -44,8 +57,9 @@ class EvalConfig:
     tasks: list[str] = field(
         default_factory=lambda: ["ceval-valid", "cmmlu", "mmlu", "hellaswag"]
     )  # lm-eval names
-    task_data: str = "generate"  # 'generate': stand-ins from held-out text; 'hub': lm-eval's own task configs
-    # (downloads); or a directory holding files in the real layouts
+    task_data: str = "generate"  # 'generate': stand-ins from held-out text; 'hub': the real files fetched as
+    # `hub_tasks` says; or a directory holding files in the real layouts
+    hub_tasks: list[HubTask] = field(default_factory=list)  # task_data 'hub': one entry per task
     num_fewshot: int = 5  # the seed's 5-shot
     dev_items: int = 5  # generated few-shot items per subject (dev / train split)
     eval_items: int = 24  # generated items per task (split across its subjects)
@@ -555,9 +569,14 @@ def task_files(data_dir, task: str) -> dict[str, dict[str, Path]]:
             if got[ev] is not None:
                 out[sd.name] = {sp: got[sp] or sd / f"{sp}.jsonl" for sp in (fs, ev)}
     else:
-        p = d / "hellaswag" / f"hellaswag_{ev}.jsonl"
-        if p.exists():
-            out["hellaswag"] = {fs: d / "hellaswag" / f"hellaswag_{fs}.jsonl", ev: p}
+        got = {
+            sp: _one(
+                [f for f in (d / "hellaswag").glob(f"hellaswag_{sp}.*") if f.suffix in (".jsonl", ".parquet")]
+            )
+            for sp in (fs, ev)
+        }
+        if got[ev] is not None:
+            out["hellaswag"] = {sp: got[sp] or d / "hellaswag" / f"hellaswag_{sp}.jsonl" for sp in (fs, ev)}
     if not out:
         fail(f"{d}: no {task} files (expected {TASK_LAYOUT[task]})")
     return out
@@ -567,7 +586,7 @@ TASK_LAYOUT = {
     "ceval-valid": "ceval/val/<subject>_val.csv and ceval/dev/<subject>_dev.csv",
     "cmmlu": "cmmlu/test/<subject>.csv and cmmlu/dev/<subject>.csv",
     "mmlu": "mmlu/<subject>/test*.jsonl|parquet and mmlu/<subject>/dev*",
-    "hellaswag": "hellaswag/hellaswag_val.jsonl and hellaswag/hellaswag_train.jsonl",
+    "hellaswag": "hellaswag/hellaswag_val.jsonl|parquet and hellaswag/hellaswag_train.*",
 }
 
 # %% ../nbs/60_eval.ipynb #5c9c15f6
@@ -752,6 +771,94 @@ def write_task_yamls(
             (tmp / f"_{prefix}{task}.yaml").write_text(_yaml(group), encoding="utf-8")
             names[task] = f"{prefix}{task}"
     return names
+
+# %% ../nbs/60_eval.ipynb #b7e41c55
+def check_hub_task(spec: HubTask, where: str = "eval.hub_tasks"):
+    "Fail with one line if `spec` names an unknown task, no repo, no files, or a place outside the task directory."
+    if spec.task not in TASK_SPLITS:
+        fail(f"{where}: unknown task '{spec.task}' (use {', '.join(TASK_SPLITS)})")
+    if not spec.repo:
+        fail(f"{where}: {spec.task} names no repo")
+    if not isinstance(spec.files, dict) or not spec.files:
+        fail(f"{where}: {spec.task}'s files must map globs in the repo to places in the task directory")
+    for pat, dest in spec.files.items():
+        bad = not isinstance(dest, str) or not dest or dest.startswith("/") or ".." in Path(dest).parts
+        if bad or not isinstance(pat, str):
+            fail(f"{where}: {spec.task}'s files: {pat!r}: {dest!r} is not a place inside the task directory")
+
+
+def _unzip(archive: Path, out: Path) -> list[Path]:
+    "Unpack the files of zip `archive` into `out` (macOS resource folders skipped); the paths written."
+    import zipfile
+
+    got = []
+    with zipfile.ZipFile(archive) as z:
+        for m in z.infolist():
+            if m.is_dir() or m.filename.startswith("__MACOSX/"):
+                continue
+            if m.filename.startswith("/") or ".." in Path(m.filename).parts:
+                fail(f"{archive}: member {m.filename} would land outside {out}")
+            dst = out / m.filename
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(m) as src, open(dst, "wb") as f:
+                shutil.copyfileobj(src, f)
+            got.append(dst)
+    return got
+
+
+def layout_files(spec: HubTask, files: dict, out) -> list[dict]:
+    """Put `files` ({path in the repo: local file}) where `spec.files` says under the task directory `out`; one row
+    (task, source, file) per file placed."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    out, rows, where = Path(out), [], f"hub dataset {spec.repo}@{spec.revision}"
+    for pat, dest in spec.files.items():
+        names = list(
+            filter_repo_objects(sorted(files), allow_patterns=[pat], ignore_patterns=spec.exclude or None)
+        )
+        if not names:
+            left = f" outside {', '.join(spec.exclude)}" if spec.exclude else ""
+            fail(f"{where}: no file matches '{pat}'{left}")
+        if not dest.endswith("/") and len(names) > 1:
+            fail(f"{where}: '{pat}' matches {len(names)} files ({names[0]}, ...) but places one file, {dest}")
+        for n in names:
+            src = Path(files[n])
+            if dest.endswith("/") and n.endswith(".zip"):
+                placed = _unzip(src, out / dest)
+            else:
+                placed = [out / dest / n if dest.endswith("/") else out / dest]
+                placed[0].parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, placed[0])
+            rows += [
+                {"task": spec.task, "source": hub_url(src), "file": p.relative_to(out).as_posix()}
+                for p in placed
+            ]
+    return rows
+
+
+def _repo_path(p: Path) -> str:
+    "A cached hub file's path inside its repo (what follows the commit in its `hub_url`)."
+    return hub_url(p).split("@", 1)[1].split("/", 1)[1]
+
+
+def fetch_hub_tasks(specs: list[HubTask], tasks: list[str], out) -> list[dict]:
+    """Fetch the files of `tasks` as `specs` say (into the Hugging Face cache; offline: found there) and lay them out
+    as the task directory `out`; one row (task, source, file) per file placed."""
+    for s in specs:
+        check_hub_task(s)
+    by_task = {s.task: s for s in specs}
+    if len(by_task) < len(specs):
+        fail(f"eval.hub_tasks: a task has two entries ({', '.join(s.task for s in specs)})")
+    missing = [t for t in tasks if t not in by_task]
+    if missing:
+        fail(f"eval.hub_tasks: no entry for {', '.join(missing)} (task_data: hub fetches each task's files)")
+    rows = []
+    with atomic_path(out, is_dir=True) as tmp:
+        for t in tasks:
+            s = by_task[t]
+            got = hub_files(s.repo, list(s.files), "dataset", s.revision, exclude=s.exclude)
+            rows += layout_files(s, {_repo_path(p): p for p in got}, tmp)
+    return rows
 
 # %% ../nbs/60_eval.ipynb #a6046e8d
 MODEL_STAGES = {"base": "assets", "init": "embed_init", "pretrained": "pretrain", "sft": "sft"}

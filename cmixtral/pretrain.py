@@ -24,6 +24,7 @@ from cmixtral.checkpoint import (
 )
 from .checkpoint import load_model
 from .checkpoint import save_model
+from .checkpoint import nf4_kernel_record
 from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_mixture, read_registry
 from .data import registry_path
 from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, init_rows
@@ -36,8 +37,9 @@ __all__ = ['ROLES', 'STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainC
            'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'finished_training', 'train_adapter',
            'train_arm', 'heldout_bpc', 'curve', 'arm_gaps', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
            'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
-           'trainer_class', 'dense_expert_dispatch', 'process_rank', 'join_process_group', 'barrier',
-           'main_process_first', 'make_parser', 'train_command', 'run_entry_point', 'main']
+           'attempt_callback', 'deepspeed_record', 'prior_attempts', 'describe_attempt', 'trainer_class',
+           'dense_expert_dispatch', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
+           'make_parser', 'train_command', 'run_entry_point', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #66541ff7
 @dataclass
@@ -530,7 +532,8 @@ def pretrain_dir(run_dir) -> Path:
 
 
 def finished_training(adapter_dir) -> dict | None:
-    "The record a finished training left in its adapter folder (fingerprint, world size, steps, log), or None."
+    """The record a finished training left in its adapter folder (fingerprint, world size, settings, the attempts
+    that trained it, steps, log), or None."""
     p = Path(adapter_dir) / "training.json"
     return read_json(p) if p.exists() else None
 
@@ -539,8 +542,9 @@ def train_adapter(
     init, S, tok, train_ds, eval_ds, trainer_dir, adapter_dir, T, resume=True, stop_after=0, tag=""
 ) -> tuple:
     """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
-    `training.json` record; if `adapter_dir` holds this same training finished (by any number of processes, e.g.
-    a torchrun job), load it instead. Returns (model, log history)."""
+    `training.json` record (the trainer's `run_info.json`, its attempts included, with the last step and the log);
+    if `adapter_dir` holds this same training finished (by any number of processes, e.g. a torchrun job), load it
+    instead. Returns (model, log history)."""
     from transformers import AutoConfig
 
     adapter_dir = Path(adapter_dir)
@@ -821,8 +825,9 @@ def train_model(
     tag: str = "",
 ) -> list[dict]:
     """Train `model` with HF Trainer on `train_ds` (eval on `eval_ds`: a Dataset or {name: Dataset}); resume from
-    `out_dir`'s last checkpoint; return the log history. Raises `TrainingStopped` (with the log so far) when a stop
-    was requested before the end."""
+    `out_dir`'s last checkpoint; return the log history. Each call appends its record (`attempt_callback`) to the
+    `attempts` of `out_dir/run_info.json`. Raises `TrainingStopped` (with the log so far) when a stop was requested
+    before the end."""
     out_dir = Path(out_dir)
     ws = int(os.environ.get("WORLD_SIZE", 1))
     if train_ds is None or len(train_ds) == 0:
@@ -830,8 +835,10 @@ def train_model(
     fp = run_fingerprint(model.config, len(tokenizer), train_ds, T, ws, tag)
     cp = check_resume(out_dir, fp, resume)
     args = training_args(out_dir, T, bool(eval_ds), ws, eval_on_start=cp is None)
+    attempts = prior_attempts(out_dir, fp)
+    info = {"fingerprint": fp, "world_size": ws, "train": asdict(T), "attempts": attempts}
     if args.process_index == 0:
-        write_json(out_dir / "run_info.json", {"fingerprint": fp, "world_size": ws, "train": asdict(T)})
+        write_json(out_dir / "run_info.json", info)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     dense_expert_dispatch(model)  # the same graph on every rank (see below)
     trainer = trainer_class()(
@@ -840,13 +847,31 @@ def train_model(
         train_dataset=train_ds,
         eval_dataset=eval_ds or None,
         data_collator=lambda rows: collate_blocks(rows, pad),
-        callbacks=[stopper := stop_callback(stop_after)],
+        callbacks=[stopper := stop_callback(stop_after), seen := attempt_callback()],
     )
     if cp is not None:
         get_logger().info(f"resuming from {cp}")
     trainer.train(resume_from_checkpoint=str(cp) if cp is not None else None)
     st = trainer.state
-    if stopper.stopped_at is not None and st.global_step < st.max_steps:
+    stopped = stopper.stopped_at is not None and st.global_step < st.max_steps
+    saved = last_checkpoint(out_dir)
+    rec = {
+        "attempt": len(attempts) + 1,
+        "started_from": cp.name if cp is not None else None,
+        **seen.steps(),
+        "stopped": stopped,
+        "world_size": ws,
+        "deepspeed": deepspeed_record(trainer),
+        "nf4_kernel": nf4_kernel_record().get(
+            "dequantize_4bit"
+        ),  # the CPU de-quantisation kernel (45_checkpoint)
+        "last_checkpoint": saved.name if saved is not None else None,
+        "losses": seen.losses,
+    }
+    if args.process_index == 0:  # recorded before a stop is raised
+        write_json(out_dir / "run_info.json", {**info, "attempts": attempts + [rec]})
+        get_logger().info(describe_attempt(rec))
+    if stopped:
         raise TrainingStopped(
             f"training stopped on request at step {st.global_step} of {st.max_steps}, checkpoint saved in "
             f"{out_dir}: run again to resume",
@@ -860,6 +885,80 @@ def train_model(
     if eval_ds and (not evals or evals[-1] != trainer.state.global_step):
         trainer.evaluate()  # and its end point
     return trainer.state.log_history
+
+# %% ../nbs/40_pretrain.ipynb #7f3b9a2c
+def attempt_callback():
+    """A TrainerCallback that records what one `train()` call did: `.steps()` gives the step it started from and the
+    first and last step it trained (None: none), `.losses` the logged loss at each step (keys are strings, as in
+    JSON)."""
+    from transformers import TrainerCallback
+
+    class RecordAttempt(TrainerCallback):
+        def __init__(self):
+            self.start, self.trained, self.losses = None, [], {}
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = state.global_step  # after a checkpoint's state was loaded
+
+        def on_step_end(self, args, state, control, **kw):
+            self.trained.append(state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and self.trained:
+                self.losses[str(state.global_step)] = logs["loss"]
+
+        def steps(self) -> dict:
+            t = self.trained
+            return {
+                "start_step": self.start,
+                "first_step": t[0] if t else None,
+                "last_step": t[-1] if t else None,
+            }
+
+    return RecordAttempt()
+
+
+def deepspeed_record(trainer) -> dict | None:
+    """The DeepSpeed engine `trainer` trained with (version, ZeRO stage, world size, the dtypes of the weights and of
+    the accumulated gradients), or None without DeepSpeed."""
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is None:
+        return None
+    import deepspeed
+
+    weights, accum = engine.get_data_types()
+    return {
+        "version": deepspeed.__version__,
+        "zero_stage": int(engine.zero_optimization_stage()),
+        "world_size": int(engine.world_size),
+        "model_dtype": str(weights).removeprefix("torch."),
+        "grad_accum_dtype": str(accum).removeprefix("torch."),
+        "gradient_accumulation_steps": int(engine.gradient_accumulation_steps()),
+    }
+
+
+def prior_attempts(out_dir, fingerprint: str) -> list[dict]:
+    "The attempts recorded in `out_dir/run_info.json` by earlier calls of the same training (same fingerprint)."
+    p = Path(out_dir) / "run_info.json"
+    info = read_json(p) if p.exists() else {}
+    return list(info.get("attempts", [])) if info.get("fingerprint") == fingerprint else []
+
+
+def describe_attempt(rec: dict) -> str:
+    "One log line for an attempt's record: where it started, the steps it trained, whether it stopped, its engine."
+    start = (
+        f"resuming from {rec['started_from']}"
+        if rec["started_from"]
+        else f"starting from step {rec['start_step']}"
+    )
+    steps = (
+        f"trained steps {rec['first_step']}..{rec['last_step']}"
+        if rec["first_step"] is not None
+        else "trained no step"
+    )
+    ds = rec.get("deepspeed")
+    engine = f", DeepSpeed {ds['version']} ZeRO-{ds['zero_stage']} on {ds['world_size']} ranks" if ds else ""
+    return f"attempt {rec['attempt']}: {start}, {steps}{', stopped' if rec['stopped'] else ''}{engine}"
 
 # %% ../nbs/40_pretrain.ipynb #2e351e5b
 def trainer_class():

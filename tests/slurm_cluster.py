@@ -237,7 +237,7 @@ class SlurmCluster:
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none",
             f"KillWait={self.kill_wait}",
-            "MinJobAge=600",                               # keep finished jobs visible to scontrol for 10 min
+            "MinJobAge=3600",                              # keep finished jobs visible to scontrol for an hour
             f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self._real_memory()}"
             " State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",

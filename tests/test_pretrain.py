@@ -3,16 +3,19 @@ import json, os, shutil, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
 import argparse, json as _json, pydoc
+import logging
 import pytest, torch
+from safetensors.torch import load_file
+from resume_checks import LOSS_TOL, assert_deepspeed, assert_resumed, deepspeed_config, log_losses
 from sentencepiece import sentencepiece_model_pb2 as spm_pb
-from cmixtral.core import CmixtralError, load_config, open_run_dir, section, write_json
+from cmixtral.core import CmixtralError, load_config, open_run_dir, read_json, section, write_json
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file, read_documents
 from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.core import write_jsonl
 from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
 from cmixtral.pretrain import (PretrainConfig, TrainSettings, arm_data, check_inputs, check_qlora, load_qlora_model, main,
                                mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups,
-                               TrainingStopped, STOP_FILE_ENV, last_checkpoint, trainer_class)
+                               TrainingStopped, STOP_FILE_ENV, last_checkpoint, train_adapter, trainer_class)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECES = ["中国", "人民", "我们", "经济", "发展", "非常", "不错", "酒店", "房间", "服务"]
@@ -116,18 +119,69 @@ def stopped_log(train) -> list:
     return e.value.log
 
 
-def test_resume_continues_the_same_curve(run, tmp_path):
+K, N = 2, 4   # the resume tests: stopped after step K of N
+
+
+def _train(init, S, tok, d, root, **kw) -> dict:
+    "train_adapter (reseeded, as the stage calls it) into root/trainer and root/adapter; the training.json it wrote."
+    train_adapter(init, S, tok, d["train"], None, root/"trainer", root/"adapter", S.train, tag="t", **kw)
+    return read_json(root/"adapter"/"training.json")
+
+
+@pytest.fixture(scope="module")
+def resume_case(run, tmp_path_factory):
+    "The starting model, settings, tokenizer, data, and the training.json (and folder) of an uninterrupted run of N steps."
     init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)
     tok, d = _data(run, init)
-    S = _S(max_steps=4)
-    losses = lambda log: {r["step"]: r["loss"] for r in log if "loss" in r}
-    torch.manual_seed(0); full = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"full", S.train))
-    torch.manual_seed(0); first = losses(stopped_log(lambda: train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train, stop_after=2)))
-    assert max(first) == 2 and (tmp_path/"cut"/"checkpoint-2").is_dir()             # "killed" right after the checkpoint of step 2
-    torch.manual_seed(1); second = losses(train_model(load_qlora_model(init, S), tok, d["train"], None, tmp_path/"cut", S.train))
-    assert (tmp_path/"cut"/"checkpoint-4").is_dir() and sorted(second) == [1, 2, 3, 4]
-    assert all(second[k] == first[k] for k in first)                                 # the curve continues the interrupted one
-    for k in full: assert abs(second[k] - full[k]) < 1e-3 * abs(full[k]), (k, second[k], full[k])   # ... exactly as if never stopped
+    S = _S(max_steps=N)
+    root = tmp_path_factory.mktemp("reference")
+    return init, S, tok, d, _train(init, S, tok, d, root), root
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(); self.lines = []
+    def emit(self, r): self.lines.append(r.getMessage())
+
+
+def test_resume_continues_the_same_curve(resume_case, tmp_path):
+    "Stopped after step K (as if killed right after its checkpoint), run again: the second attempt resumes from checkpoint-K."
+    init, S, tok, d, ref, ref_root = resume_case
+    seen = _Lines(); logging.getLogger("cmixtral").addHandler(seen)
+    try:
+        stopped_log(lambda: _train(init, S, tok, d, tmp_path, stop_after=K))
+        assert not (tmp_path/"adapter").exists() and (tmp_path/"trainer"/f"checkpoint-{K}").is_dir()
+        first = read_json(tmp_path/"trainer"/"run_info.json")["attempts"]     # written before the stop was raised
+        assert [(a["started_from"], a["first_step"], a["last_step"], a["stopped"]) for a in first] == [(None, 1, K, True)]
+        torch.manual_seed(1)                                                  # train_adapter reseeds: this does not matter
+        got = _train(init, S, tok, d, tmp_path)
+    finally:
+        logging.getLogger("cmixtral").removeHandler(seen)
+    assert_resumed(got, ref, K, N)
+    assert read_json(tmp_path/"trainer"/"run_info.json")["attempts"] == got["attempts"]
+    assert [a["deepspeed"] for a in got["attempts"]] == [None, None]           # one process, no DeepSpeed
+    assert [l for l in seen.lines if l.startswith("attempt ")] == [
+        f"attempt 1: starting from step 0, trained steps 1..{K}, stopped", f"attempt 2: resuming from checkpoint-{K}, trained steps {K + 1}..{N}"]
+    wa, wb = (load_file(r/"adapter_model.safetensors") for r in (tmp_path/"adapter", ref_root/"adapter"))
+    assert wa.keys() == wb.keys() and max((wa[x] - wb[x]).abs().max().item() for x in wa) < 1e-6
+    bad = {**ref, "log": [{**r, "loss": r["loss"] + 1e-3} if r.get("step") == 3 and "loss" in r else r for r in ref["log"]]}
+    with pytest.raises(AssertionError, match=r"differ by more than 0.00015: \[\(3, "):
+        assert_resumed(got, bad, K, N)                                        # a curve off by 1e-3 at one step is caught
+
+
+def test_a_restart_from_step_0_is_not_taken_for_a_resume(resume_case, tmp_path, monkeypatch):
+    "A second attempt that ignores checkpoint-K and trains 1..N again logs the reference's curve: only the attempts tell."
+    import cmixtral.pretrain as pretrain
+    init, S, tok, d, ref, _ = resume_case
+    stopped_log(lambda: _train(init, S, tok, d, tmp_path, stop_after=K))
+    monkeypatch.setattr(pretrain, "check_resume", lambda *a, **kw: None)    # the checkpoint is not looked for
+    got = _train(init, S, tok, d, tmp_path)
+    a, b = log_losses(got["log"]), log_losses(ref["log"])
+    assert sorted(a) == sorted(b) == list(range(1, N + 1)) and all(abs(a[s] - b[s]) <= LOSS_TOL for s in a)   # the curve alone is fooled
+    with pytest.raises(AssertionError, match=f"attempt 2 did not resume from checkpoint-{K}") as e:
+        assert_resumed(got, ref, K, N)
+    print(e.value)
+
 
 def test_torchrun_two_processes_match_one(run, tmp_path):
     "2 processes x batch 2 (gloo, data-parallel) against 1 process x batch 4: the same global batches, the same losses."
@@ -153,6 +207,29 @@ def test_torchrun_two_processes_match_one(run, tmp_path):
     assert len(one["losses"]) == len(two["losses"]) == 3
     print("1 process:", one["losses"], "2 processes:", two["losses"])
     for a, b in zip(one["losses"], two["losses"]): assert abs(a - b) < 0.02 * abs(a), (one["losses"], two["losses"])
+
+def test_deepspeed_attempts_record_the_engine_their_config_asks_for(run, tmp_path):
+    "2 CPU ranks under DeepSpeed (configs/deepspeed_zero2.json): the attempt records the engine; a wrong expectation fails."
+    ds = ROOT/"configs"/"deepspeed_zero2.json"
+    out = shutil.copytree(run, tmp_path/"run", ignore=shutil.ignore_patterns("trainer"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29700 + os.getpid() % 1000),
+           "-m", "cmixtral.pretrain", "--config", str(ROOT/"configs"/"micro.yaml"), "--out", str(out), "--arm", "mean", "--max-steps", "2",
+           *[x for o in (f"pretrain.mixture={MIX}", "pretrain.train_chars=3000", "pretrain.block_size=32", "pretrain.train.report_to=none",
+                         "pretrain.train.logging_steps=1", f"pretrain.train.deepspeed={ds}") for x in ("-p", o)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CMIXTRAL_QUIET": "1", "DS_ACCELERATOR": "cpu"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (att,) = read_json(out/"pretrain"/"arms"/"mean"/"adapter"/"training.json")["attempts"]
+    want = deepspeed_config(ds)
+    print(att["deepspeed"])
+    assert_deepspeed(att, want["stage"], 2, want["grad_accum_dtype"])
+    assert (att["started_from"], att["first_step"], att["last_step"]) == (None, 1, 2)
+    with pytest.raises(AssertionError, match="with ZeRO stage 2, world size 2, gradients accumulated in float32; the config asks for stage 1"):
+        assert_deepspeed(att, 1, 2, want["grad_accum_dtype"])
+    with pytest.raises(AssertionError, match="asks for stage 2, world size 2, bfloat16"):
+        assert_deepspeed(att, want["stage"], 2, "bf16")
+    with pytest.raises(AssertionError, match="ran without DeepSpeed"):
+        assert_deepspeed({**att, "deepspeed": None}, want["stage"], 2)
 
 def test_dev_curve_starts_before_the_first_step_and_survives_a_resume(run, tmp_path):
     "The step-0 dev evaluation happens inside train() (where a DeepSpeed engine exists) and stays in the resumed log."

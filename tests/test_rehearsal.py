@@ -1,10 +1,17 @@
 """The full recipe's own branches, run here.
 
-`configs/rehearsal.yaml` is `configs/mixtral-8x7b.yaml` with only sizes changed (a test holds the two side by side),
-and it runs to the end as SLURM jobs on a one-node SLURM (tests/slurm_cluster.py): hub models and datasets from a
-local Hugging Face cache offline, training stages through torchrun with 2 CPU ranks under DeepSpeed, the other
-stages through papermill, and a SLURM warning (USR1) in the middle of pretraining that makes the job save, requeue
-and resume. The resumed run is compared with an uninterrupted run of the same seed.
+`configs/rehearsal.yaml` is `configs/mixtral-8x7b.yaml` with the keys of tests/rehearsal_differences.py changed, each
+listed with its kind and reason: sizes and counts (a count that chooses between one and several processes stays above
+1), the CPU's dtype and attention kernel, the machine's SLURM settings, and two ratios the fixture's data cannot hold
+(train:dev 9:1 instead of 999:1, every 10th SFT record for dev instead of every 1000th). Every other key is equal,
+values that select a path included: training by epochs, all task items and all codec text, 5-shot, both embedding
+initialisations, hub tokenizers, torchrun under DeepSpeed. The fixture's data is small instead. Only a GPU cluster runs
+one torchrun rank per GPU (`procs_per_node: 0`), several nodes, flash-attention 2 and bfloat16 compute on CUDA.
+
+The rehearsal runs to the end as SLURM jobs on a one-node SLURM (tests/slurm_cluster.py): hub models, datasets and a
+codec tokenizer from a local Hugging Face cache offline, training stages through torchrun with 2 CPU ranks under
+DeepSpeed, the other stages through papermill, and a SLURM warning (USR1) in the middle of pretraining that makes the
+job save, requeue and resume. The resumed run is compared with an uninterrupted run of the same seed.
 """
 import json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
@@ -14,73 +21,66 @@ from cmixtral.core import read_json
 ROOT = Path(__file__).resolve().parent.parent
 FULL, REHEARSAL = ROOT/"configs"/"mixtral-8x7b.yaml", ROOT/"configs"/"rehearsal.yaml"
 
-# Where the rehearsal may differ from the full config, and why. Everything else must be equal, key for key.
-SUBSET_LISTS = {   # lists the rehearsal may shorten (counts)
-    "embed_init.methods", "codec.tokenizers", "eval.samples.prompts", "sft.samples.prompts",
-}
-FREE = {           # settings of the machine rather than of the method
-    "name", "description", "cluster.slurm.job_name", "cluster.slurm.partition", "cluster.slurm.account",
-    "cluster.slurm.gpus_per_node", "cluster.slurm.setup", "cluster.slurm.time", "cluster.slurm.mem",
-    "eval.task_data",  # lm-eval's hub datasets cannot be served offline: local files in the real layout
-}
-MACHINE = {"partition", "account", "gpus_per_node", "time", "mem", "setup", "job_name"}   # any cluster section
-CPU_DTYPES = {"pretrain.quant.compute_dtype", "sft.quant.compute_dtype"}   # CPU kernels compute in float32
-CPU_KERNELS = {"pretrain.attn_implementation", "sft.attn_implementation"}   # flash-attn builds only with CUDA
+# Where the rehearsal may differ from the full config, and why: tests/rehearsal_differences.py. Any other key is equal.
+from rehearsal_differences import ALLOWED, config_differences
+
+# Changes of the rehearsal that the rules must refuse: (dotted path, new value, the start of the message)
+REFUSED = [
+    ("pretrain.train.lr", 5.0, "pretrain.train.lr: 1e-05 in the full config, 5.0 in the rehearsal (not a listed"),
+    ("pretrain.lora.dropout", 0.9, "pretrain.lora.dropout: 0.05 in the full config, 0.9 in the rehearsal (not a"),
+    ("embed_init.en_tolerance", 100, "embed_init.en_tolerance: 0.01 in the full config, 100 in the rehearsal (not a"),
+    ("codec.min_check", 0, "codec.min_check: 0.9 in the full config, 0 in the rehearsal (not a listed"),
+    ("seed", 7, "seed: 42 in the full config, 7 in the rehearsal (not a listed"),
+    ("pretrain.train.epochs", 0, "pretrain.train.epochs: 1 in the full config, 0 in the rehearsal (not a listed"),
+    ("pretrain.train.max_steps", 16, "pretrain.train.max_steps: -1 in the full config, 16 in the rehearsal (not a"),
+    ("data.num_proc", 1, "data.num_proc: 64 in the full config, 1 in the rehearsal: 1 where the full config's is"),
+    ("eval.limit", 2, "eval.limit: 0 in the full config, 2 in the rehearsal (not a listed"),
+    ("codec.max_chars", 2000, "codec.max_chars: 0 in the full config, 2000 in the rehearsal (not a listed"),
+    ("eval.threads", 1, "eval.threads: 0 in the full config, 1 in the rehearsal (not a listed"),
+    ("sft.max_dev_blocks", 2, "sft.max_dev_blocks: 0 in the full config, 2 in the rehearsal (not a listed"),
+    ("embed_init.methods", ["mean"], "embed_init.methods: ['mean', 'first_piece'] in the full config, ['mean'] in the"),
+    ("data.split", [1, 1], "data.split: [999, 1] in the full config, [1, 1] in the rehearsal: a ratio: the full"),
+    ("eval.num_fewshot", 1, "eval.num_fewshot: 5 in the full config, 1 in the rehearsal (not a listed"),
+    ("pretrain.lora.alpha", 4, "pretrain.lora.alpha / pretrain.lora.r: 2 in the full config, 1 in the"),
+    ("sft.max_len", 0, "sft.max_len: 2048 in the full config, 0 in the rehearsal: not positive (count)"),
+    ("eval.max_length", -512, "eval.max_length: 4096 in the full config, -512 in the rehearsal: not positive (count)"),
+    ("sft.max_shard_size", "0MB", "sft.max_shard_size: '5GB' in the full config, '0MB' in the rehearsal: not a"),
+    ("vocab.zh_vocab_sizes", [1600, 0], "vocab.zh_vocab_sizes: [8000, 9000"),
+    ("codec.tokenizers", "-hub", "codec.tokenizers: [{'name': 'ours (merged)'"),
+    ("pretrain.train.deepspeed", "", "pretrain.train.deepspeed: 'configs/deepspeed_zero2.json' in the full config, ''"),
+    ("cluster.slurm.launcher", "papermill", "cluster.slurm.launcher: 'torchrun' in the full config, 'papermill'"),
+    ("data.datasets.0.source", "path", "data.datasets.0.source: 'hub' in the full config, 'path' in the rehearsal"),
+]
 
 
-def config_differences(full, reh, path="") -> list[str]:
-    "The places where `reh` differs from `full` in a way the rules above do not allow."
-    out = []
-    if isinstance(full, dict) and isinstance(reh, dict):
-        for k in sorted(set(full) | set(reh)):
-            p = f"{path}.{k}" if path else k
-            if k not in reh or k not in full:
-                out.append(f"{p}: only in {'the full config' if k in full else 'the rehearsal'}")
-            else:
-                out += config_differences(full[k], reh[k], p)
-        return out
-    if full == reh or path in FREE or (path.startswith("cluster.") and path.rsplit(".", 1)[-1] in MACHINE):
-        return out
-    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
-    size = lambda x: isinstance(x, str) and re.fullmatch(r"[\d.]+\s*[KMGT]?i?B", x)
-    if (num(full) and num(reh)) or (size(full) and size(reh)):
-        return out                                        # a size or a count
-    if isinstance(full, str) and isinstance(reh, str) and full.startswith("/") and reh.startswith("/"):
-        return out                                        # a file-system path
-    if path in CPU_DTYPES and (full, reh) == ("bfloat16", "float32"):
-        return out
-    if path in CPU_KERNELS and (full, reh) == ("flash_attention_2", "sdpa"):
-        return out
-    if isinstance(full, list) and isinstance(reh, list) and reh and all(num(x) for x in full + reh):
-        return out                                        # a grid of sizes
-    if path in SUBSET_LISTS and isinstance(reh, list) and reh and all(x in full for x in reh):
-        return out
-    if isinstance(full, list) and isinstance(reh, list) and len(full) == len(reh):
-        for i, (a, b) in enumerate(zip(full, reh)):
-            out += config_differences(a, b, f"{path}.{i}")
-        return out
-    return [f"{path}: {full!r} in the full config, {reh!r} in the rehearsal"]
+def _set(cfg, path: str, value):
+    *head, last = path.split(".")
+    for k in head:
+        cfg = cfg[int(k)] if isinstance(cfg, list) else cfg[k]
+    if value == "-hub":                                   # the list without its hub items
+        value = [x for x in cfg[last] if x["source"] != "hub"]
+    cfg[int(last) if isinstance(cfg, list) else last] = value
 
 
-def test_the_rehearsal_is_the_full_config_with_only_sizes_changed():
+def test_the_rehearsal_differs_from_the_full_config_only_where_the_table_says():
     full, reh = (yaml.safe_load(p.read_text()) for p in (FULL, REHEARSAL))
     assert config_differences(full, reh) == []
-    # the rules catch what they should
-    bad = json.loads(json.dumps(reh))
-    bad["pretrain"]["train"]["deepspeed"] = ""
-    bad["cluster"]["slurm"]["launcher"] = "papermill"
-    bad["data"]["datasets"][0]["source"] = "path"
-    bad["embed_init"]["methods"] = ["lecun"]
-    assert config_differences(full, bad) == [
-        "cluster.slurm.launcher: 'torchrun' in the full config, 'papermill' in the rehearsal",
-        "data.datasets.0.source: 'hub' in the full config, 'path' in the rehearsal",
-        "embed_init.methods: ['mean', 'first_piece'] in the full config, ['lecun'] in the rehearsal",
-        "pretrain.train.deepspeed: 'configs/deepspeed_zero2.json' in the full config, '' in the rehearsal",
-    ]
+    assert all(len(v) in (2, 3) and v[1] for v in ALLOWED.values())    # every listed key says why
+
+
+@pytest.mark.parametrize("path,value,message", REFUSED, ids=[r[0] for r in REFUSED])
+def test_the_rules_refuse_a_change_outside_the_table(path, value, message):
+    full, reh = (yaml.safe_load(p.read_text()) for p in (FULL, REHEARSAL))
+    _set(reh, path, value)
+    got = config_differences(full, reh)
+    assert len(got) == 1 and got[0].startswith(message), got
+    if path == "codec.tokenizers":
+        assert got[0].endswith("no item of source 'hub' is left (that path would not run) (subset)"), got
 
 
 # --- the rehearsal as SLURM jobs ---------------------------------------------------------------------------------
 MODEL_REPO = "mistralai/Mixtral-8x7B-v0.1"
+CODEC_HUB_REPO = "HIT-SCIR/Chinese-Mixtral-8x7B"
 ZH_FILES = ("data/2022-49_zh_head_0000.jsonl", "data/2023-14_zh_head_0000.jsonl", "data/2023-06_zh_head_0000.jsonl")
 EN_FILES = ("data/train-00000-of-00001-8e1d4a3b0f2c5d6e.parquet", "data/test-00000-of-00001-9f769cf7ce219017.parquet")
 
@@ -119,7 +119,8 @@ def sharegpt(records) -> list[dict]:
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory, cache):
     """The cluster's storage: a Hugging Face cache holding a tiny bfloat16 Mixtral and Mixtral's tokenizer under
-    Mixtral-8x7B's repo id, and real text under SkyPile's and SlimPajama's file names; the files the config names
+    Mixtral-8x7B's repo id, that tokenizer again under Chinese-Mixtral's (a hub tokenizer of the codec table), and real
+    text under SkyPile's and SlimPajama's file names; the files the config names
     under /data (its SkyPile slice, SlimPajama's test file, ShareGPT dumps, lm-eval task files)."""
     from hub_cache import cache_model_dir, cache_repo
     from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
@@ -129,7 +130,8 @@ def storage(tmp_path_factory, cache):
     import torch
     root = tmp_path_factory.mktemp("storage")
     hf, data = root/"hf", root/"data"
-    zh, en = chinese_documents()[:1500], english_documents(cache)[:60]
+    # small enough that pretraining's and SFT's epochs are a few dozen steps, as the full config's schedule runs
+    zh, en = chinese_documents()[:280], english_documents(cache)[:36]
     cfg = yaml.safe_load(REHEARSAL.read_text())["assets"]["base_model"]
     spec = BaseModelSpec(**{k: v for k, v in cfg.items() if k in BaseModelSpec.__dataclass_fields__ and k != "source"})
     tok = load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
@@ -137,29 +139,36 @@ def storage(tmp_path_factory, cache):
     # in shards, as Mixtral-8x7B's 19 are: the token matrices in shards of their own, like the rest
     save_model(build_tiny_mixtral(spec, 0, len(tok)).to(torch.bfloat16), root/"base", tok, max_shard_size="300KB")
     cache_model_dir(hf, MODEL_REPO, root/"base")
-    thirds = [zh[i::3] for i in range(3)]
-    cache_repo(hf, "Skywork/SkyPile-150B", {f: jsonl_bytes(t) for f, t in zip(ZH_FILES, thirds)}, "dataset")
-    cache_repo(hf, "DKYoon/SlimPajama-6B", {EN_FILES[0]: parquet_bytes(en[:45]), EN_FILES[1]: parquet_bytes(en[45:])},
+    # 2022-49: pretraining's weight-1 dataset; 2023-14: most of the vocabulary's text (weight 0.1); 2023-06: held out
+    zh_files = dict(zip(ZH_FILES, (zh[:20], zh[20:220], zh[220:])))
+    cache_repo(hf, "Skywork/SkyPile-150B", {f: jsonl_bytes(t) for f, t in zh_files.items()}, "dataset")
+    short = [d[:400].rsplit(" ", 1)[0] for d in en[:12]]   # SlimPajama's training documents: Brown openings
+    cache_repo(hf, "DKYoon/SlimPajama-6B", {EN_FILES[0]: parquet_bytes(short), EN_FILES[1]: parquet_bytes(en[12:])},
                "dataset")
+    # a hub tokenizer of the codec table: Chinese-Mixtral's repo id holding Mixtral's own tokenizer files
+    tok.save_pretrained(root/"codec-tokenizer")
+    cache_model_dir(hf, CODEC_HUB_REPO, root/"codec-tokenizer")
     for lang, folder in (("Chinese", "chinese"), ("English", "english")):
         d = data/"sft"/f"ShareGPT-{lang}"
         d.mkdir(parents=True)
-        recs = sharegpt(chatterbot_records(package_file("chatterbot_corpus", f"data/{folder}")))[:40]
+        recs = sharegpt(chatterbot_records(package_file("chatterbot_corpus", f"data/{folder}")))[:30]
         (d/"sharegpt.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     fake_run = root/"texts"                              # held-out text in the assets stage's layout
     (fake_run/"assets"/"corpora").mkdir(parents=True)
     index = []
-    for lang, docs in (("zh", thirds[2][:200]), ("en", en[45:])):
+    for lang, docs in (("zh", zh_files[ZH_FILES[2]]), ("en", en[12:])):
         (fake_run/"assets"/"corpora"/f"{lang}.jsonl").write_bytes(jsonl_bytes(docs))
         index.append({"name": lang, "lang": lang, "train": f"corpora/{lang}.jsonl", "heldout": f"corpora/{lang}.jsonl"})
     (fake_run/"assets"/"corpora"/"index.json").write_text(json.dumps(index))
-    generate_task_data(fake_run, data/"lm-eval-tasks", dev_items=1, eval_items=4, seed=0)
+    generate_task_data(fake_run, data/"lm-eval-tasks", dev_items=5, eval_items=2, seed=0)   # 5-shot, limit 0: all items
+    from task_repos import cache_task_repos              # the benchmarks' hub repos, in the layouts eval.hub_tasks assume
+    cache_task_repos(hf, data/"lm-eval-tasks", yaml.safe_load(REHEARSAL.read_text())["eval"]["hub_tasks"])
     return root
 
 
 def rehearsal_overrides(storage) -> list[str]:
     "The rehearsal's paths on this machine's storage (-p)."
-    return [f"cache_dir={storage/'cache'}", f"cluster.slurm.port={free_port()}", f"eval.task_data={storage/'data'/'lm-eval-tasks'}",
+    return [f"cache_dir={storage/'cache'}", f"cluster.slurm.port={free_port()}",
             f"sft.datasets.0.path={storage/'data'/'sft'/'ShareGPT-Chinese'}",
             f"sft.datasets.1.path={storage/'data'/'sft'/'ShareGPT-English'}"]
 
@@ -223,7 +232,8 @@ def rehearsal(slurm, storage, tmp_path_factory):
     try:
         jobs = {r["stage"]: r["job_id"] for r in submit_chain(REHEARSAL, run, overrides=rehearsal_overrides(storage))}
         wait_for(slurm, jobs, "pretrain", "RUNNING", timeout=1200)
-        until((run/"pretrain"/"arms"/"mean"/"trainer"/"checkpoint-4").exists, 300, "pretraining's first checkpoint")
+        first = f"checkpoint-{yaml.safe_load(REHEARSAL.read_text())['pretrain']['train']['save_steps']}"
+        until((run/"pretrain"/"arms"/"mean"/"trainer"/first).exists, 300, "pretraining's first checkpoint")
         slurm.signal_batch(jobs["pretrain"], "USR1")
         rec = wait_for(slurm, jobs, "pretrain", "PENDING", timeout=300)
         slurm.release(jobs["pretrain"])
@@ -241,8 +251,27 @@ def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehe
         m = read_json(run/stage/"manifest.json")
         assert m["stage"] == stage and m["config_name"] == "rehearsal"
         assert (run/"notebooks"/Path(m["pipeline"]["notebook"]).name).exists()
-    assert read_json(run/"pretrain"/"arms"/"mean"/"adapter"/"training.json")["world_size"] == 2
-    assert read_json(run/"sft"/"adapter"/"training.json")["world_size"] == 2
+    from resume_checks import assert_deepspeed, deepspeed_config   # every attempt ran the engine the config names
+    from cmixtral.core import project_file
+    cfg = yaml.safe_load(Path(read_json(run/"run.json")["config_path"]).read_text())
+    for stage, adapter in (("pretrain", "pretrain/arms/mean/adapter"), ("sft", "sft/adapter")):
+        training, named = read_json(run/adapter/"training.json"), cfg[stage]["train"]["deepspeed"]
+        assert training["world_size"] == 2 and training["train"]["deepspeed"] == named and training["attempts"], stage
+        want = deepspeed_config(project_file(named, "DeepSpeed config"))
+        for attempt in training["attempts"]:
+            assert_deepspeed(attempt, want["stage"], 2, want["grad_accum_dtype"])
+
+
+def test_the_codec_table_measures_every_hub_tokenizer_the_rehearsal_names(rehearsal):
+    "A hub tokenizer that fails to load becomes an error row of the table: here every one must be a measurement."
+    import pandas as pd
+    run, _, _ = rehearsal
+    named = {t["name"] for t in yaml.safe_load(REHEARSAL.read_text())["codec"]["tokenizers"] if t["source"] == "hub"}
+    table = pd.read_csv(run/"codec"/"codec.csv")
+    hub = table[table.source == "hub"]
+    assert named and set(hub.tokenizer) == named
+    assert (hub.status == "ok").all(), hub[["tokenizer", "status"]].to_string()
+    assert (hub.tokens > 0).all() and (hub.chars > 0).all()
 
 
 def test_status_shows_the_chain_and_cancel_finds_nothing_left(rehearsal, slurm, capsys, monkeypatch):
@@ -285,13 +314,16 @@ def test_no_stage_output_holds_a_copy_of_the_base(rehearsal, storage):
 def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehearsal, slurm, storage, tmp_path):
     import torch
     from safetensors.torch import load_file
+    from resume_checks import assert_deepspeed, assert_resumed, deepspeed_config
+    from cmixtral.core import project_file
     run, jobs, rec = rehearsal
     assert rec["Restarts"] == "1"
     log = slurm.log(jobs["pretrain"])
     stopped = re.search(r"training stopped on request at step (\d+) of (\d+)", log)
     assert stopped, log[-3000:]
     k, n = int(stopped[1]), int(stopped[2])
-    assert 1 <= k < n and "resuming from" in log and "requeue" in log
+    assert 1 <= k < n and "requeue" in log
+    assert f"attempt 2: resuming from checkpoint-{k}, trained steps {k + 1}..{n}" in log, log[-3000:]
     # the reference: the same stage's inputs, trained without interruption by torchrun, 2 ranks, DeepSpeed
     ref = run.parent/f"{run.name}-reference" if os.environ.get("CMIXTRAL_REHEARSAL_OUT") else tmp_path/"ref"
     shutil.rmtree(ref, ignore_errors=True)
@@ -306,10 +338,10 @@ def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehears
     assert r.returncode == 0, r.stderr[-3000:]
     got = read_json(run/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
     want = read_json(ref/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
-    a, b = losses(got["log"]), losses(want["log"])
-    assert sorted(a) == sorted(b) and max(b) == n
-    for step in range(k, n + 1):
-        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+    assert_resumed(got, want, k, n)          # stopped at k, resumed from checkpoint-k to n, the reference's losses 1..n
+    ds = deepspeed_config(project_file(got["train"]["deepspeed"], "DeepSpeed config"))
+    for attempt in got["attempts"] + want["attempts"]:
+        assert_deepspeed(attempt, ds["stage"], 2, ds["grad_accum_dtype"])
     wa = load_file(run/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
     wb = load_file(ref/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
     assert wa.keys() == wb.keys()

@@ -4,15 +4,15 @@
 
 # %% auto #0
 __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUATION', 'NOTO_CJK', 'NOTO_COPYRIGHT',
-           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'NOISE_LINES', 'README_IMAGES',
+           'SITE_CSS_FILE', 'NOTEBOOK_CSS_FILE', 'SHIM_FILE', 'FONT_DIR', 'NOISE_LINES', 'TEXT_MIMES', 'README_IMAGES',
            'LIBRARY_CHAPTERS', 'MAX_CSV_ROWS', 'MANIFEST_PARTS', 'FRESH_BENCH', 'cell_options', 'math_to_mathml',
            'figure_to_file', 'page_cell', 'notebook_title', 'title_cell', 'page_notebook', 'is_cjk', 'cjk_chars',
            'book_cjk_chars', 'noto_cjk_package', 'ofl_text', 'rename_font', 'cut_cjk_font', 'font_notice', 'make_font',
            'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
            'heading_tokens', 'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages',
-           'write_assets', 'build_site', 'write_notebook', 'shown_outputs', 'adopt_outputs', 'adopt_images',
-           'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures', 'bench_figures',
-           'write_figures', 'readme_text', 'write_readme']
+           'write_assets', 'build_site', 'write_notebook', 'shown_outputs', 'run_relative', 'adopt_outputs',
+           'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures',
+           'bench_figures', 'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
@@ -575,15 +575,43 @@ def shown_outputs(outputs: list) -> list:
     return out
 
 
+TEXT_MIMES = ("text/plain", "text/markdown", "text/html")
+
+
+def run_relative(outputs: list, run_dir) -> list:
+    """`outputs` with the run directory's path written run-relative (`RUN/x` as `x`, `RUN` itself as `.`), so that a
+    committed output names no folder of the machine that ran it."""
+    roots = sorted({str(Path(run_dir)), str(Path(run_dir).resolve())}, key=len, reverse=True)
+
+    def rel(text: str) -> str:
+        for r in roots:
+            text = text.replace(r + "/", "").replace(r, ".")
+        return text
+
+    def lines(v):
+        return [rel(l) for l in v] if isinstance(v, list) else rel(v)
+
+    out = []
+    for o in outputs:
+        o = dict(o)
+        if "text" in o:
+            o["text"] = lines(o["text"])
+        if "data" in o:
+            o["data"] = {k: lines(v) if k in TEXT_MIMES else v for k, v in o["data"].items()}
+        out.append(o)
+    return out
+
+
 def adopt_outputs(executed: Path, source: Path) -> int:
-    """Copy outputs (less stderr) of `executed`, a papermill copy, into the cells of `source` with the same source;
-    return cells updated."""
+    """Copy outputs (less stderr) of `executed`, a papermill copy in `RUN/notebooks`, into the cells of `source` with
+    the same source, paths in them run-relative; return cells updated."""
+    run_dir = Path(executed).parent.parent
     ex = json.loads(Path(executed).read_text())
     src = json.loads(Path(source).read_text())
     by_src = {}
     for c in ex["cells"]:
         if c["cell_type"] == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", []):
-            keep = shown_outputs(c.get("outputs", []))
+            keep = run_relative(shown_outputs(c.get("outputs", [])), run_dir)
             by_src.setdefault(
                 "".join(c["source"]), keep
             )  # progress bars and log lines (stderr) stay in the run's copy

@@ -16,6 +16,25 @@ def test_readme_is_generated_from_index_notebook():
     assert (ROOT/"README.md").read_text(encoding="utf-8") == readme_text(ROOT/"nbs"/"index.ipynb"), \
         "README.md is stale: run `cmixtral readme` after editing nbs/index.ipynb"
 
+def machine_paths(nb_path) -> list[str]:
+    "Absolute paths of this machine (checkout, home, Python, temporary folders) in the text outputs of a notebook."
+    import json, os, sys
+    roots = {str(ROOT), os.path.expanduser("~"), sys.prefix, "/tmp/", "/work/", "/home/"}
+    found = []
+    for i, c in enumerate(json.loads(nb_path.read_text(encoding="utf-8"))["cells"]):
+        for o in c.get("outputs", []):
+            texts = [o.get("text", "")] + [v for k, v in o.get("data", {}).items() if k.startswith("text/")]
+            for t in texts:
+                t = "".join(t)
+                found += [f"{nb_path.name} cell {i}: {r}" for r in sorted(roots) if r in t]
+    return found
+
+def test_no_committed_output_shows_a_path_of_the_machine_that_ran_it(tmp_path):
+    assert [f for nb in NOTEBOOKS for f in machine_paths(nb)] == []
+    planted = tmp_path/"x.ipynb"
+    planted.write_text('{"cells": [{"outputs": [{"output_type": "stream", "text": ["saved in %s/runs/tiny"]}]}]}' % ROOT)
+    assert f"x.ipynb cell 0: {ROOT}" in machine_paths(planted)
+
 def test_matplotlib_draws_chinese_with_the_book_font():
     import warnings
     import matplotlib

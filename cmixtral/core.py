@@ -15,7 +15,7 @@ __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_R
            'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash', 'text_hash',
            'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum', 'light_read_bytes',
            'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl', 'Config',
-           'parse_override', 'training_sources', 'heldout_places', 'heldout_overlaps', 'load_config',
+           'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps', 'load_config',
            'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file', 'hub_files',
            'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest',
            'StageRun', 'seed_everything']
@@ -348,7 +348,7 @@ def _hub_match(path: str, pat: str) -> bool:
     return fnmatch.fnmatch(path, pat + "*" if pat.endswith("/") else pat)
 
 
-def _excluded(rel: str, exclude) -> bool:
+def excluded_by(rel: str, exclude) -> bool:
     "Whether the relative path `rel` matches an `exclude` pattern (a pattern ending in `/`: that folder)."
     return any(_hub_match(rel, ex) or (ex.endswith("/") and fnmatch.fnmatch(rel + "/", ex)) for ex in exclude)
 
@@ -450,14 +450,14 @@ def _reads(t: dict, h: dict) -> bool:
     ex = t.get("exclude") or []
     if t["ns"][0] == "hub":  # repo paths; a held-out path may itself be a pattern
         hit = _hub_match(h["path"], t["pattern"]) or fnmatch.fnmatch(t["pattern"], h["path"])
-        return hit and not _excluded(h["path"], ex)
+        return hit and not excluded_by(h["path"], ex)
     root, p = PurePosixPath(t["root"]), PurePosixPath(h["path"])
     if root == p or p in root.parents:
         return True  # the training source is the held-out place or lies inside it
     if root not in p.parents:
         return False
     rel = p.relative_to(root).as_posix()
-    return not _excluded(rel, ex) and (t["pattern"] is None or _glob_reaches(rel, t["pattern"]))
+    return not excluded_by(rel, ex) and (t["pattern"] is None or _glob_reaches(rel, t["pattern"]))
 
 
 def heldout_overlaps(raw: dict) -> list[str]:

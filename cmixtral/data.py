@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_data.ipynb #153ee49d
 from __future__ import annotations
-import fnmatch, glob, json, math, multiprocessing as mp, os, re, tomllib, zlib
+import glob, json, math, multiprocessing as mp, os, re, tomllib, zlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,8 +345,7 @@ def check_shards(files: list) -> list:
 
 def _excluded(path, root, exclude) -> bool:
     "Whether `path` (under `root`) matches one of the `exclude` patterns, as huggingface_hub matches them."
-    rel = Path(path).relative_to(root).as_posix()
-    return any(fnmatch.fnmatch(rel, ex + "*" if ex.endswith("/") else ex) for ex in exclude)
+    return excluded_by(Path(path).relative_to(root).as_posix(), exclude)
 
 
 def local_files(root, patterns: list, exclude=()) -> list[Path]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #8dd049bf
 from __future__ import annotations
-import dataclasses, fnmatch, hashlib, json, logging, os, platform, shutil, sys, tempfile, time, typing
+import dataclasses, fnmatch, hashlib, json, logging, os, platform, re, shutil, sys, tempfile, time, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path, PurePosixPath
@@ -12,13 +12,13 @@ import yaml
 
 # %% auto #0
 __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS',
-           'LAYERS', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash', 'text_hash',
-           'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum', 'light_read_bytes',
-           'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl', 'Config',
-           'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps', 'load_config',
-           'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file', 'hub_files',
-           'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest',
-           'StageRun', 'seed_everything']
+           'LAYERS', 'STOP_FILE_ENV', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash',
+           'text_hash', 'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum',
+           'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
+           'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps',
+           'load_config', 'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file',
+           'hub_files', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done',
+           'read_manifest', 'StageRun', 'stop_requested', 'StageStopped', 'Units', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -842,6 +842,66 @@ class StageRun:
         }
         write_json(self.dir / "manifest.json", m)
         return m
+
+# %% ../nbs/00_core.ipynb #67943c0f
+STOP_FILE_ENV = "CMIXTRAL_STOP_FILE"
+
+
+def stop_requested() -> bool:
+    "Whether the file named by `$CMIXTRAL_STOP_FILE` exists (the batch script writes it when SLURM warns it)."
+    p = os.environ.get(STOP_FILE_ENV)
+    return bool(p) and Path(p).exists()
+
+
+class StageStopped(CmixtralError):
+    "A stage left early, at a unit boundary, because its job was asked to stop; rerunning it continues the work."
+
+# %% ../nbs/00_core.ipynb #6bac4ca8
+class Units:
+    "The finished units of a stage's work, one JSON record each in `folder`, so that a requeued job skips them."
+
+    def __init__(self, folder, stage: str = "stage"):
+        self.folder, self.stage = Path(folder), stage
+        self.ran, self.skipped = [], []  # unit names run and skipped by this process
+
+    def _path(self, name: str) -> Path:
+        safe = re.sub(r"[^\w.=-]+", "_", str(name))
+        return self.folder / f"{safe}.json"
+
+    def done(self, name: str, key: str = "") -> dict | None:
+        "The record of unit `name` if it finished with the same `key`, else None."
+        p = self._path(name)
+        if not p.exists():
+            return None
+        rec = read_json(p)
+        return rec if rec.get("key") == key else None
+
+    def finish(self, name: str, record: dict, key: str = "") -> dict:
+        "Record unit `name` as finished with `record` (and its `key`)."
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rec = {**record, "unit": str(name), "key": key}
+        write_json(self._path(name), rec)
+        return rec
+
+    def check_stop(self, where: str = ""):
+        "Raise `StageStopped` if the job was asked to stop (before the next unit, `where`)."
+        if stop_requested():
+            left = f" before {where}" if where else ""
+            raise StageStopped(
+                f"stage {self.stage}: asked to stop{left}; {len(self.ran)} unit(s) finished in this attempt, "
+                f"{len(self.skipped)} skipped as done: rerun to continue"
+            )
+
+    def run(self, name: str, fn, key: str = "") -> dict:
+        "The record of unit `name`: its finished record, or `fn()`'s dict after running it (stopping first if asked)."
+        rec = self.done(name, key)
+        if rec is not None:
+            self.skipped.append(name)
+            return rec
+        self.check_stop(str(name))
+        rec = self.finish(name, fn(), key)
+        self.ran.append(name)
+        return rec
 
 # %% ../nbs/00_core.ipynb #2782aa75
 def seed_everything(seed: int):

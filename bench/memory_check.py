@@ -1,12 +1,13 @@
 """Planner vs measured: the memory items of QLoRA pretraining (nbs/81_memory), measured on CPU, small Mixtral.
 
     PYTHONPATH=. python3 bench/memory_check.py [--config configs/mixtral-8x7b.yaml] [--hidden 768]
-                                               [--layers 4] [--tokens 256] [--out bench/out/memory_check.csv]
+                                               [--layers 4] [--tokens 256] [--out bench/results/memory_check.csv]
 
 Builds a Mixtral with Mixtral-8x7B's structure (8 experts, top-2, head dim 128, the 57,000-piece vocabulary)
 at a size that runs in minutes here (0.58 GB in bf16 by default), saves it, loads it the way pretraining does
 (cmixtral.pretrain.load_qlora_model with the config's pretrain section: NF4 + double quantisation, LoRA,
-modules_to_save; sdpa attention), then measures each item the planner lists:
+modules_to_save; sdpa attention), casts its floating-point parameters to bf16 as DeepSpeed's engine does under
+`bf16: enabled`, then measures each item the planner lists:
 
 - NF4 codes and quant state: bytes of every bitsandbytes Params4bit and of its quant_state tensors;
 - gates + norms, embed_tokens/lm_head frozen originals and trainable copies, LoRA A/B: parameter bytes;
@@ -14,13 +15,15 @@ modules_to_save; sdpa attention), then measures each item the planner lists:
   each storage once, parameters excluded), per decoder layer without gradient checkpointing, and what stays
   saved outside the layers with it (use_reentrant=False, as pretraining runs it);
 - autocast copies: the bf16 casts of trainable weights among the saved tensors;
-- logits: the logits tensor, the V-wide tensors the loss saves, the largest V-wide gradient in backward;
+- logits: the logits tensor, the fp32 copy the loss makes of them (the largest bf16 -> fp32 V-wide cast the forward
+  dispatches, caught with a TorchDispatchMode), the V-wide tensors the loss saves, the V-wide gradients alive
+  together at one backward node (the log-softmax's and the fp32 logits');
 - gradients after one backward, optimizer states after one paged 8-bit AdamW step.
 
 One step runs under bf16 autocast on CPU, as the Trainer's bf16 runs on GPUs. Then the planner
 (`qlora_memory`) is evaluated at the same sizes, and both are printed side by side with their ratio, and
-written as CSV.
-A benchmark, not a test.
+written as CSV with each row's basis (measured here; or, for what a CPU cannot hold, the planner's own basis:
+counted from DeepSpeed's code, or estimated). A benchmark, not a test.
 """
 
 import argparse
@@ -34,13 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# GPU-side allocations a CPU run cannot measure (the planner's overhead row assumes the first two)
-NOT_ON_CPU = (
-    "CUDA context and kernels' workspaces (not on CPU)",
-    "caching allocator's fragmentation (not on CPU)",
-    "DeepSpeed/NCCL gradient buckets (not planned, not on CPU)",
-    "flash-attention's saved tensors (sdpa's CPU kernel measured instead)",
-)
+# What the CPU run measures in place of a GPU-side allocation (the planner's GPU-only rows, CUDA context, NCCL buffers,
+# reduce buckets, fragmentation, stay estimated or counted from DeepSpeed's code: their `measured_MB` is empty)
+NOT_ON_CPU = ("flash-attention's saved tensors (sdpa's CPU kernel measured instead)",)
 
 
 def parse_args(argv=None):
@@ -52,7 +51,7 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, default=57000)
     ap.add_argument("--tokens", type=int, default=256)  # one sequence of this many tokens
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "bench/out/memory_check.csv"))
+    ap.add_argument("--out", default=str(ROOT / "bench/results/memory_check.csv"))
     return ap.parse_args(argv)
 
 
@@ -96,6 +95,14 @@ def pretrain_settings(config, model_dir):
     P = section(load_config(config), "pretrain", PretrainConfig)
     P.attn_implementation = "sdpa"
     return P
+
+
+def deepspeed_bf16_cast(model):
+    """What DeepSpeed's engine does to the model under `bf16: enabled` (runtime/engine.py,
+    `_cast_module_mixed_precision`): every floating-point parameter becomes bf16; the 4-bit codes (uint8) stay."""
+    for p in model.parameters():
+        if p.dtype in (torch.float32, torch.float16) and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
 
 
 def nbytes(t) -> int:
@@ -201,14 +208,52 @@ class SavedTensors:
             h.remove()
 
 
+class Fp32LogitsCopy:
+    """The bytes of the largest V-wide bf16 -> fp32 copy dispatched while active: the fp32 copy of the logits that
+    transformers' causal-LM loss makes (`logits.float()`) before the cross-entropy."""
+
+    def __init__(self, vocab):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        rec = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                src = args[0] if args else None
+                if (
+                    func is torch.ops.aten._to_copy.default
+                    and isinstance(out, torch.Tensor)
+                    and out.dtype == torch.float32
+                    and out.shape[-1:] == (vocab,)
+                    and isinstance(src, torch.Tensor)
+                    and src.dtype == torch.bfloat16
+                ):
+                    rec.bytes = max(rec.bytes, nbytes(out))
+                return out
+
+        self.bytes, self.mode = 0, Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
 def largest_vocab_gradient(loss, logits, vocab):
-    "A list that backward fills with the bytes of the largest V-wide gradient between loss and logits."
+    """A list that backward fills with the largest bytes of V-wide gradients alive together between loss and logits:
+    at each backward node, the gradient it receives and the one it returns (each storage once)."""
     biggest, seen, stack = [0], set(), [loss.grad_fn]
 
     def hook(grad_inputs, grad_outputs):
-        for g in list(grad_inputs) + list(grad_outputs):
-            if isinstance(g, torch.Tensor) and g.shape[-1:] == (vocab,):
-                biggest[0] = max(biggest[0], nbytes(g))
+        wide = {
+            g.untyped_storage().data_ptr(): nbytes(g)
+            for g in list(grad_inputs) + list(grad_outputs)
+            if isinstance(g, torch.Tensor) and g.shape[-1:] == (vocab,)
+        }
+        biggest[0] = max(biggest[0], sum(wide.values()))
 
     while stack:
         n = stack.pop()
@@ -242,6 +287,7 @@ def one_step(model, ids, vocab, checkpointing: bool, backward: bool = True) -> d
     with (
         torch.autocast("cpu", dtype=torch.bfloat16),
         torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t),
+        Fp32LogitsCopy(vocab) as copy32,
     ):
         out = model(input_ids=ids, labels=ids)
     rec.forward = False
@@ -261,6 +307,7 @@ def one_step(model, ids, vocab, checkpointing: bool, backward: bool = True) -> d
         "kept_outside_layers": sum(kept.values()),
         "outside": rec.bucket("outside"),
         "logits": nbytes(out.logits),
+        "logits_fp32": copy32.bytes,
         "logits_saved": saved_logits,
         "logits_grad": grad[0],
         "seconds": time.time() - t0,
@@ -284,6 +331,7 @@ def measure(a, model_dir) -> dict:
 
     P = pretrain_settings(a.config, model_dir)
     model = load_qlora_model(model_dir, P, gradient_checkpointing=True)
+    deepspeed_bf16_cast(model)
     m = static_bytes(model)
     torch.manual_seed(0)
     ids = torch.randint(3, a.vocab, (1, a.tokens))
@@ -301,6 +349,7 @@ def measure(a, model_dir) -> dict:
     m["autocast_copies"] = ckpt["autocast"] + (plain["autocast"] - ckpt["autocast"]) / L
     m["act_all_layers"] = plain["layers_total"] + plain["outside"]
     m["logits"] = plain["logits"]
+    m["logits_fp32"] = plain["logits_fp32"]
     m["logits_saved"] = plain["logits_saved"]
     m["logits_grad"] = ckpt["logits_grad"]
     print(
@@ -322,10 +371,12 @@ def compare(planned, measured: dict):
         got = measured.get(r.key)
         rows.append(
             {
+                "key": r.key,
                 "item": r.item,
                 "planner_MB": r.bytes / 1e6,
                 "measured_MB": None if got is None else got / 1e6,
                 "ratio": None if not got else r.bytes / got,
+                "basis": r.basis if got is None else "measured (CPU, this bench)",
             }
         )
     return pd.DataFrame(rows)
@@ -362,6 +413,8 @@ def main(argv=None):
     nogc = qlora_memory(mc, MemoryConfig(**{**M.__dict__, "gradient_checkpointing": False}))
     row = nogc[nogc.key == "act_layer"].iloc[0]
     extra = {
+        "key": "act_all_layers",
+        "basis": "measured (CPU, this bench)",
         "item": "activations: all layers, no checkpointing",
         "planner_MB": row.bytes / 1e6,
         "measured_MB": measured["act_all_layers"] / 1e6,
@@ -369,7 +422,14 @@ def main(argv=None):
     }
     table.loc[len(table)] = extra
     for item in NOT_ON_CPU:
-        table.loc[len(table)] = {"item": item, "planner_MB": None, "measured_MB": None, "ratio": None}
+        table.loc[len(table)] = {
+            "key": "",
+            "item": item,
+            "planner_MB": None,
+            "measured_MB": None,
+            "ratio": None,
+            "basis": "not on CPU",
+        }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)

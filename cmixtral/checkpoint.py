@@ -605,13 +605,21 @@ def grow_shard(src, dst, rows: dict[str, torch.Tensor]) -> int:
     return sum(map(len, new.values()))
 
 # %% ../nbs/45_checkpoint.ipynb #929a605c
-def link_or_copy(src, dst) -> str:
-    "Hard-link file `src` (symlinks followed, as in the hub cache) to `dst`, or copy it across filesystems."
+def link_or_copy(src, dst, allow_copy: bool = False, key: str = "allow_copy") -> str:
+    """Hard-link file `src` (symlinks followed, as in the hub cache) to `dst`. Where no link can be made (another
+    file system) copy it if `allow_copy`, else fail naming both paths and the config `key` that allows the copy."""
     src = Path(src).resolve()
     try:
         os.link(src, dst)
         return "linked"
-    except OSError:
+    except OSError as e:
+        if not allow_copy:
+            fail(
+                f"cannot hard-link {src} to {dst} ({e.strerror}): the model's files would be copied, not linked "
+                f"(another file system?); put the run directory on the same file system as the model, or set "
+                f"{key}: true to copy"
+            )
+        get_logger().warning(f"copying {src} to {dst}: no hard link possible ({e.strerror}), {key} is true")
         shutil.copyfile(src, dst)
         return "copied"
 
@@ -637,10 +645,17 @@ def check_rows(folder, rows: dict) -> int:
 
 
 def grow_model(
-    base, out_dir, rows: dict[str, torch.Tensor], tokenizer=None, extra: dict | None = None
+    base,
+    out_dir,
+    rows: dict[str, torch.Tensor],
+    tokenizer=None,
+    extra: dict | None = None,
+    allow_copy: bool = False,
+    key: str = "allow_copy",
 ) -> Path:
     """Write `base` (folder or hub id) to `out_dir` with `rows` appended to embed_tokens and lm_head: their
-    shards rewritten, the others linked; config, index, tokenizer, `extra` ({name: JSON}) beside. Atomic."""
+    shards rewritten, the others linked (`link_or_copy`: copied only if `allow_copy`, else an error naming the
+    config `key`); config, index, tokenizer, `extra` ({name: JSON}) beside. Atomic."""
     folder = model_folder(base)
     n_new, where = check_rows(folder, rows), tensor_files(folder)
     cfg, n_rows = read_json(folder / "config.json"), tensor_shapes(folder)[EMBED][0]
@@ -654,7 +669,7 @@ def grow_model(
             if f in grown:
                 added += grow_shard(f, tmp / f.name, {k: v for k, v in rows.items() if where[k] == f})
             else:
-                link_or_copy(f, tmp / f.name)
+                link_or_copy(f, tmp / f.name, allow_copy, key)
         write_json(
             tmp / "config.json", {**cfg, "vocab_size": cfg.get("vocab_size", 0) + n_new} if rows else cfg
         )

@@ -61,10 +61,15 @@ def _submit(a):
     print(format_table(submit_chain(a.config, a.out, stages=a.stages, overrides=a.p)))
 
 
-def _status(a):
-    from cmixtral.cluster import chain_status, format_table
+def _status(a) -> int:
+    from cmixtral.cluster import chain_failure, chain_status, format_table
 
-    print(format_table(chain_status(a.run_dir)))
+    rows = chain_status(a.run_dir)
+    print(format_table(rows))
+    failed = chain_failure(rows)
+    if failed:
+        print(failed)
+    return 1 if failed else 0
 
 
 def _cancel(a):
@@ -75,8 +80,11 @@ def _cancel(a):
 
 
 def _preflight(a) -> int:
-    from cmixtral.cluster import format_table, preflight
+    from cmixtral.cluster import format_table, node_check, preflight
 
+    if a.node:  # on a GPU node, the first command of a GPU job: one line and status 2 without CUDA
+        print(format_table(node_check(a.config, overrides=a.p)))
+        return 0
     rows = preflight(a.config, a.out, overrides=a.p)
     print(format_table([{**r, "ok": "ok" if r["ok"] else "FAILED"} for r in rows]))
     bad = sum(not r["ok"] for r in rows)
@@ -175,14 +183,24 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_config_options(p)
     p.add_argument("--stages", default=None, help="comma-separated stages to submit (default: all)")
-    p = _command(sub, "status", "state, exit code, elapsed time and restarts of a submitted chain", _status)
+    p = _command(
+        sub, "status", "state, exit code, restarts and why of each job of a submitted chain", _status
+    )
     p.add_argument("run_dir", help="run directory the chain was submitted for, e.g. runs/mixtral-8x7b")
     p = _command(sub, "cancel", "cancel the jobs of a submitted chain that have not finished", _cancel)
     p.add_argument("run_dir", help="run directory the chain was submitted for, e.g. runs/mixtral-8x7b")
     p = _command(
-        sub, "preflight", "check paths, packages, DeepSpeed, jobs, memory and disk before booking", _preflight
+        sub,
+        "preflight",
+        "check paths, packages, hub access, DeepSpeed, jobs and GPU-hours, memory and disk before booking",
+        _preflight,
     )
     add_config_options(p, out_required=False)
+    p.add_argument(
+        "--node",
+        action="store_true",
+        help="check this node instead: torch, bitsandbytes, flash-attn see CUDA",
+    )
     S = SamplingConfig()
     p = _command(sub, "generate", "sample from a model with the seed's settings", _generate)
     p.add_argument("--model", required=True, help="HF model directory or hub id, e.g. runs/tiny/sft/model")

@@ -13,10 +13,11 @@ from .assets import AssetSpec, fetch_asset, base_tokenizer_path, corpus_paths, c
 from .checkpoint import load_mixtral_tokenizer
 
 # %% auto #0
-__all__ = ['Codec', 'hf_codec', 'tekken_codec', 'measure', 'codec_table', 'table_markdown', 'plot_tokens_per_char',
+__all__ = ['MEASURE_MB_PER_S', 'GRID_MB_PER_S', 'HUB_TEXT_BYTES', 'Codec', 'hf_codec', 'tekken_codec', 'measure', 'codec_key',
+           'measure_codec', 'codec_table', 'table_markdown', 'plot_tokens_per_char', 'grid_sample', 'count_tokens',
            'grid_tokens_per_char', 'plot_vocab_curve', 'TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file',
            'text_path', 'heldout_slices', 'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer',
-           'gguf_codec', 'load_codec']
+           'gguf_codec', 'load_codec', 'codec_time_plan']
 
 # %% ../nbs/70_codec.ipynb #29a01316
 @dataclass
@@ -97,11 +98,37 @@ def measure(codec: Codec, docs: list[str], repeats: int = 1, chunk: int = 1000) 
     }, hashes
 
 # %% ../nbs/70_codec.ipynb #d908fe72
+_PROBE = "中华人民共和国成立于一九四九年。鄱阳湖畔 The quick brown fox, 1998; résumé 🤗"
+
+
+def codec_key(c: Codec, slices: dict, repeats: int = 1) -> str:
+    """Short hash of what a tokenizer's measurement depends on: the tokenizer (its ids on a probe text), the slices,
+    repeats."""
+    texts = {s: text_hash(json.dumps(docs, ensure_ascii=False)) for s, (lang, docs) in slices.items()}
+    who = [c.name, c.source, c.vocab_size, c.encode([_PROBE])[0]]
+    return text_hash(json.dumps([who, texts, repeats]))[:10]
+
+
+def measure_codec(c: Codec, slices: dict, repeats: int = 1, keep_hashes: bool = False) -> dict:
+    "Measurements of `c` on every slice (and each document's id hash when `keep_hashes`): one unit of the codec stage."
+    t, out = time.perf_counter(), {"slices": {}, "hashes": {}}
+    for s, (lang, docs) in slices.items():
+        out["slices"][s], h = measure(c, docs, repeats)
+        if keep_hashes:
+            out["hashes"][s] = h
+    return out | {"seconds": round(time.perf_counter() - t, 6)}
+
+
 def codec_table(
-    codecs: list[Codec], slices: dict, repeats: int = 1, base: str = "base", ours: str = "ours"
+    codecs: list[Codec],
+    slices: dict,
+    repeats: int = 1,
+    base: str = "base",
+    ours: str = "ours",
+    units: Units | None = None,
 ) -> "pd.DataFrame":
     """One row per (slice, tokenizer) with the codec measurements, pooled `<lang> (all)` rows, and % fewer tokens than
-    the `base` source."""
+    the `base` source (with `units`, each tokenizer's measurement is a unit)."""
     import pandas as pd
 
     rows, hashes = [], {}
@@ -115,12 +142,15 @@ def codec_table(
             "check": c.check,
             "status": c.error or "ok",
         }
+        if c.error:
+            rows += [{"slice": s, "lang": lang, **info} for s, (lang, docs) in slices.items()]
+            continue
+        fn = lambda c=c: measure_codec(c, slices, repeats, c.source in (base, ours))
+        rec = fn() if units is None else units.run(f"measure-{c.name}", fn, codec_key(c, slices, repeats))
         for s, (lang, docs) in slices.items():
-            if c.error:
-                rows.append({"slice": s, "lang": lang, **info})
-                continue
-            m, hashes[c.source, s] = measure(c, docs, repeats)
-            rows.append({"slice": s, "lang": lang, **info, **m})
+            rows.append({"slice": s, "lang": lang, **info, **rec["slices"][s]})
+            if s in rec["hashes"]:
+                hashes[c.source, s] = rec["hashes"][s]
     df = pd.DataFrame(rows)
     for col in ("docs", "chars", "bytes", "tokens", "mb_per_s", "roundtrip_mismatch"):
         if col not in df:
@@ -217,9 +247,31 @@ def plot_tokens_per_char(df, lang: str = "zh", base: str = "base"):
     return fig
 
 # %% ../nbs/70_codec.ipynb #db36ccf2
-def grid_tokens_per_char(run_dir, docs: list[str], mode: str = "merged") -> "pd.DataFrame":
+def grid_sample(docs: list[str], max_chars: int = 0) -> list[str]:
+    """A fixed sample of `docs` of at most `max_chars` characters (0: all): every k-th document, k chosen so the sample
+    spreads over the whole text, whole documents up to the budget. [a, b, c, d] with a budget of half -> [a, c]."""
+    total = sum(map(len, docs))
+    if not max_chars or total <= max_chars:
+        return list(docs)
+    out, n = [], 0
+    for d in docs[:: math.ceil(total / max_chars)]:
+        if n + len(d) > max_chars:
+            break
+        out.append(d)
+        n += len(d)
+    return out
+
+
+def count_tokens(sp, docs: list[str], chunk: int = 1000) -> int:
+    "Tokens the SentencePiece processor `sp` gives `docs`, encoded `chunk` documents at a time, no ids kept."
+    return sum(sum(map(len, sp.encode(docs[i : i + chunk]))) for i in range(0, len(docs), chunk))
+
+
+def grid_tokens_per_char(
+    run_dir, docs: list[str], mode: str = "merged", units: Units | None = None
+) -> "pd.DataFrame":
     """The vocabulary stage's grid (grid.csv) with each grid model's tokens per character on `docs`, merged into
-    Mixtral's or `alone`."""
+    Mixtral's or `alone` (with `units`, each grid model is a unit)."""
     import pandas as pd, sentencepiece as spm
 
     if mode not in ("merged", "alone"):
@@ -230,19 +282,30 @@ def grid_tokens_per_char(run_dir, docs: list[str], mode: str = "merged") -> "pd.
         fail(f"the vocabulary stage wrote no grid table {p}")
     g = pd.read_csv(p)
     g = g[g.model.notna() & g.added_pieces.notna()].reset_index(drop=True)
-    chars, tpc = sum(map(len, docs)), []
-    with tempfile.TemporaryDirectory() as d:
-        for m in progress(g.model, "grid"):
-            path = Path(run_dir) / m
-            if not path.exists():
-                fail(f"grid model {path} listed in {p} does not exist (was the vocabulary stage rerun?)")
-            if mode == "merged":
-                from cmixtral.vocab import merge_spm
+    chars, base = sum(map(len, docs)), base_tokenizer_path(run_dir) / "tokenizer.model"
+    docs_key = text_hash(json.dumps([docs, mode, file_hash(base)], ensure_ascii=False))
 
-                path = Path(d) / "merged.model"
-                merge_spm(base_tokenizer_path(run_dir) / "tokenizer.model", Path(run_dir) / m, path)
-            sp = spm.SentencePieceProcessor(model_file=str(path))
-            tpc.append(sum(map(len, sp.encode(docs))) / chars)
+    def one(m, d) -> dict:
+        t, path = time.perf_counter(), Path(run_dir) / m
+        if not path.exists():
+            fail(f"grid model {path} listed in {p} does not exist (was the vocabulary stage rerun?)")
+        if mode == "merged":
+            from cmixtral.vocab import merge_spm
+
+            path = Path(d) / "merged.model"
+            merge_spm(base, Path(run_dir) / m, path)
+        n = count_tokens(spm.SentencePieceProcessor(model_file=str(path)), docs)
+        return {"tokens": n, "chars": chars, "seconds": round(time.perf_counter() - t, 6)}
+
+    tpc = []
+    with tempfile.TemporaryDirectory() as d:
+        for r in progress(g.itertuples(), "grid", total=len(g)):
+            if units is None:
+                rec = one(r.model, d)
+            else:
+                name, key = f"grid-c{r.char_level}-v{r.zh_vocab_size}", text_hash(r.model + docs_key)[:10]
+                rec = units.run(name, lambda m=r.model: one(m, d), key)
+            tpc.append(rec["tokens"] / chars)
     g["merged_size"] = 32000 + g.added_pieces.astype(int)
     g["tokens_per_char"], g["measured"] = tpc, mode
     return g
@@ -342,6 +405,8 @@ class CodecConfig:
     repeats: int = 1  # encode each slice this many times and keep the fastest (throughput)
     # the vocabulary grid's curve: each point 'merged' into Mixtral's tokenizer, 'alone', or 'none'
     grid: str = "merged"
+    # characters of held-out Chinese each grid model encodes: a fixed sample spread over the text (0: all of it)
+    grid_chars: int = 0
 
 # %% ../nbs/70_codec.ipynb #44da5597
 def read_text_file(path) -> list[str]:
@@ -557,3 +622,92 @@ def load_codec(spec: TokenizerSpec, run_dir, cache, S: CodecConfig) -> Codec:
         return Codec(
             spec.name, spec.family, spec.source, error=f"failed to load: {' '.join(str(e).split())[:160]}"
         )
+
+# %% ../nbs/70_codec.ipynb #c0dec5a4
+# Rates for a run that has measured none yet, each with where it comes from.
+# encode and decode check, one tokenizer: the tiny run's slowest encoder (2.3 MB/s, Mixtral on English) halved
+MEASURE_MB_PER_S = 1.0
+GRID_MB_PER_S = (
+    1.0  # merge and SentencePiece encode of one grid model: taken equal to MEASURE_MB_PER_S (not measured)
+)
+HUB_TEXT_BYTES = (
+    1.4e9  # a hub text not fetched yet: the size of the seed's SkyPile file (2023-06_zh_head_0000.jsonl)
+)
+
+
+def _text_bytes(cfg, S: CodecConfig, run_dir) -> tuple[float, float, str]:
+    "Bytes of all slices and of the Chinese ones the stage will read, and how they were found."
+    from cmixtral.assets import corpus_paths
+
+    sizes, how = [], set()  # (lang, bytes)
+    held = {}
+    if run_dir and (Path(run_dir) / "assets").exists():
+        for lang in ("zh", "en"):
+            for p in corpus_paths(run_dir, lang, "heldout"):
+                held[p.parent.name] = (lang, p.stat().st_size)
+        how.add("held-out files of this run")
+    for t in S.texts:
+        p = Path(t.path)
+        if not t.repo and p.exists():
+            held[t.name] = (t.lang, p.stat().st_size)
+            how.add("local text files")
+        else:
+            held[t.name] = (t.lang, HUB_TEXT_BYTES)
+            how.add(f"{HUB_TEXT_BYTES / 1e9:g} GB assumed per hub text (the seed's SkyPile file)")
+    cap = 3 * S.max_chars if S.max_chars else math.inf  # a Chinese character is 3 bytes of UTF-8
+    sizes = [(lang, min(b, cap)) for lang, b in held.values()]
+    allb, zh = sum(b for _, b in sizes), sum(b for lang, b in sizes if lang == "zh")
+    return allb, zh, ", ".join(sorted(how)) or "no text found (run the assets stage first)"
+
+
+def codec_time_plan(cfg, run_dir=None) -> list[dict]:
+    """How long the codec stage's units take: one row per kind of unit (stage, unit, n_units, seconds_per_unit, seconds,
+    assumption), from rates measured in `run_dir`'s unit records if there are any, else from stated rates."""
+    S = section(cfg, "codec", CodecConfig)
+    allb, zhb, how = _text_bytes(cfg, S, run_dir)
+    units = Path(run_dir or "/nonexistent") / "codec" / "units"
+    done = [read_json(p) for p in sorted(units.glob("measure-*.json"))]
+    if done:
+        mbs = (
+            sum(sum(m["bytes"] for m in r["slices"].values()) for r in done)
+            / 1e6
+            / max(sum(r["seconds"] for r in done), 1e-6)
+        )
+        why = f"measured: {mbs:.2f} MB/s over {len(done)} tokenizers in this run"
+    else:
+        mbs, why = (
+            MEASURE_MB_PER_S,
+            f"estimated: {MEASURE_MB_PER_S:g} MB/s per tokenizer (encode and decode check)",
+        )
+    rows = [
+        {
+            "stage": "codec",
+            "unit": "tokenizer (every slice)",
+            "n_units": len(S.tokenizers),
+            "seconds_per_unit": allb / 1e6 / mbs,
+            "seconds": len(S.tokenizers) * allb / 1e6 / mbs,
+            "assumption": f"{why}; {allb / 1e6:,.2f} MB of text ({how})",
+        }
+    ]
+    if S.grid != "none":
+        V = cfg.get("vocab") or {}
+        n = len(V.get("char_levels", [])) * len(V.get("zh_vocab_sizes", []))
+        gb = min(zhb, 3 * S.grid_chars) if S.grid_chars else zhb
+        done = [read_json(p) for p in sorted(units.glob("grid-*.json"))]
+        if done:
+            mbs = 3 * sum(r["chars"] for r in done) / 1e6 / max(sum(r["seconds"] for r in done), 1e-6)
+            why = f"measured: {mbs:.2f} MB/s over {len(done)} grid models in this run"
+        else:
+            mbs, why = GRID_MB_PER_S, f"estimated: {GRID_MB_PER_S:g} MB/s per grid model (merge and encode)"
+        sample = f"a sample of {S.grid_chars:,} characters" if S.grid_chars else "all Chinese text"
+        rows.append(
+            {
+                "stage": "codec",
+                "unit": f"grid model ({S.grid})",
+                "n_units": n,
+                "seconds_per_unit": gb / 1e6 / mbs,
+                "seconds": n * gb / 1e6 / mbs,
+                "assumption": f"{why}; {sample}, {gb / 1e6:,.2f} MB",
+            }
+        )
+    return rows

@@ -674,6 +674,7 @@ LAYERS = {
     "assets": 2,
     "generate": 2,
     "memory": 3,
+    "training": 3,
     "vocab": 3,
     "embed_init": 4,
     "data": 4,

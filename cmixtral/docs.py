@@ -663,7 +663,7 @@ def adopt_run(run_dir, nbs: Path | None = None) -> dict:
     return done | {"figures.json": write_figures(run_dir, nbs / "figures.json", nbs.parent / FRESH_BENCH)}
 
 # %% ../nbs/95_docs.ipynb #df000e8a
-LIBRARY_CHAPTERS = ("00_core", "45_checkpoint", "55_generate", "81_memory", "90_cli")
+LIBRARY_CHAPTERS = ("00_core", "45_checkpoint", "47_training", "55_generate", "81_memory", "90_cli")
 
 
 def _skipped(src: str, flags: set) -> bool:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_embed_init.ipynb #62fb02aa
 from __future__ import annotations
-import math
+import json, math, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ __all__ = ['METHODS', 'CALIBRATED', 'NEEDS_MODEL', 'check_extends', 'spell_new_t
            'mean_of_rows', 'init_new_rows', 'final_hidden', 'bias_direction', 'calibrate_lm_head',
            'rest_of_spelling_logprob', 'lower_new_rows', 'embed_init', 'new_token_mass', 'plot_bpc', 'grown_rows',
            'kept_token_matrices', 'rows_appended', 'init_rows', 'peak_extra_bytes', 'EmbedInitConfig', 'choose_method',
-           'calibration_texts', 'init_model_path']
+           'calibration_texts', 'init_model_path', 'method_key', 'measure_method', 'measure_methods']
 
 # %% ../nbs/20_embed_init.ipynb #d7763ace
 def check_extends(old_tok, new_tok) -> int:
@@ -434,3 +434,74 @@ def init_model_path(run_dir) -> Path:
     "The resized, initialised model (with its tokenizer) that the embed_init stage saved."
     read_manifest(run_dir, "embed_init")
     return Path(run_dir) / "embed_init" / "model"
+
+# %% ../nbs/20_embed_init.ipynb #7aec4f3b
+def method_key(S: EmbedInitConfig, method: str, seed: int = 0, inputs: dict | None = None) -> str:
+    """Checksum of what one method's measurement depends on: the method, the settings, the seed and `inputs`
+    ({name: checksum})."""
+    from dataclasses import asdict
+
+    settings = {k: v for k, v in asdict(S).items() if k not in ("method", "methods", "en_tolerance")}
+    parts = {"method": method, "settings": settings, "seed": seed, "inputs": inputs or {}}
+    return text_hash(json.dumps(parts, sort_keys=True, default=str))
+
+
+def measure_method(
+    method, base, base_path, old_tok, new_tok, n_old, S: EmbedInitConfig, texts, calib, seed=0
+):
+    """(rows, record) of one method: its rows (`init_rows`, seeded), then on the loaded `base` with them appended, bits
+    per character of `texts`, Chinese tokens, and the new rows' mass on held-out English and Chinese calibration
+    text."""
+    t0 = time.time()
+    seed_everything(seed)
+    rows, summary = init_rows(
+        base_path, old_tok, new_tok, method, S.pad_to_multiple_of, S.chunk, calib, S.block_size, model=base
+    )
+    with rows_appended(base, rows) as m:
+        r = {lang: bits_per_char(m, new_tok, t, S.block_size)["bpc"] for lang, t in texts.items()}
+        r["tokens_zh"] = sum(map(len, new_tok(texts["zh"], add_special_tokens=False)["input_ids"]))
+        r["new_mass_en"] = new_token_mass(m, new_tok, texts["en"], n_old, S.block_size)
+        r["new_mass_zh"] = new_token_mass(m, new_tok, calib["zh"], n_old, S.block_size)
+    return rows, {"results": r, "summary": summary, "seconds": round(time.time() - t0, 3)}
+
+# %% ../nbs/20_embed_init.ipynb #073a9089
+def measure_methods(
+    S: EmbedInitConfig,
+    base_path,
+    old_tok,
+    new_tok,
+    texts: dict,
+    calib: dict,
+    out_dir,
+    seed: int = 0,
+    inputs: dict | None = None,
+) -> tuple[dict, dict, object]:
+    """({'base' and each of `S.methods`: its unit record as read back}, {method: rows} of the methods measured in this
+    attempt, the loaded base or None): each a unit of `out_dir`/units, skipped if its record has the same key; a stop
+    request between two units raises `StageStopped`. The base loads when a unit first needs it."""
+    n_old = check_extends(old_tok, new_tok)
+    units, held, rows, keys = Units(Path(out_dir) / "units", "embed_init"), {}, {}, {}
+
+    def base():
+        if "model" not in held:
+            held["model"] = load_model(base_path)
+        return held["model"]
+
+    def measure_base():
+        t0, m = time.time(), base()
+        r = {lang: bits_per_char(m, old_tok, t, S.block_size)["bpc"] for lang, t in texts.items()}
+        r["tokens_zh"] = sum(map(len, old_tok(texts["zh"], add_special_tokens=False)["input_ids"]))
+        return {"results": r, "seconds": round(time.time() - t0, 3)}
+
+    def one(meth):
+        rows[meth], rec = measure_method(
+            meth, base(), base_path, old_tok, new_tok, n_old, S, texts, calib, seed
+        )
+        return rec
+
+    keys["base"] = method_key(S, "base", seed, inputs)
+    units.run("base", measure_base, keys["base"])
+    for meth in progress(S.methods, "init methods"):
+        keys[meth] = method_key(S, meth, seed, inputs)
+        units.run(meth, lambda meth=meth: one(meth), keys[meth])
+    return {k: units.done(k, key) for k, key in keys.items()}, rows, held.get("model")

@@ -15,13 +15,14 @@ from .checkpoint import QuantSettings, load_mixtral_tokenizer, load_pair
 from .generate import SamplesConfig, generate
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES', 'HubTask',
-           'EvalConfig', 'split_sentences', 'next_pairs', 'half_pairs', 'cloze_items', 'lm_eval_model', 'run_lm_eval',
-           'save_results', 'lm_eval_version', 'results_table', 'plot_results', 'summary_lines', 'expert_shares',
-           'routing_frame', 'plot_routing', 'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows',
-           'hellaswag_rows', 'generate_task_data', 'task_files', 'read_task_file', 'check_task_file', 'task_config',
-           'write_task_yamls', 'check_hub_task', 'layout_files', 'fetch_hub_tasks', 'find_models', 'eval_quant',
-           'load_model']
+__all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED', 'ZH_SUBJECTS', 'MODEL_STAGES',
+           'BENCHMARK_ITEMS', 'TOKENS_PER_ITEM', 'GPU_RATES', 'HubTask', 'EvalConfig', 'split_sentences', 'next_pairs',
+           'half_pairs', 'cloze_items', 'lm_eval_model', 'run_lm_eval', 'save_results', 'lm_eval_version',
+           'results_table', 'plot_results', 'summary_lines', 'expert_shares', 'routing_frame', 'plot_routing',
+           'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows', 'hellaswag_rows', 'generate_task_data',
+           'task_files', 'read_task_file', 'check_task_file', 'task_config', 'write_task_yamls', 'check_hub_task',
+           'layout_files', 'fetch_hub_tasks', 'find_models', 'eval_quant', 'load_model', 'model_key', 'free_model',
+           'measure_model', 'evaluate_models', 'eval_tables', 'mixtral_params', 'eval_time_plan', 'format_time_plan']
 
 # %% ../nbs/60_eval.ipynb #7de2a537
 DEFAULT_PROMPTS = [
@@ -907,3 +908,284 @@ def eval_quant(cfg: Config, S: EvalConfig) -> QuantSettings | None:
 def load_model(spec: dict, dtype: str = "float32", quant: QuantSettings | None = None):
     "(model, tokenizer) of a `find_models` entry, checked for a vocabulary mismatch, in eval mode."
     return load_pair(spec["model"], spec["tokenizer"], quant=quant, adapter=spec.get("adapter"), dtype=dtype)
+
+# %% ../nbs/60_eval.ipynb #d59c6d81
+def model_key(
+    run_dir, spec: dict, S: EvalConfig, include, seed: int = 0, quant: QuantSettings | None = None
+) -> str:
+    """Checksum of what one model's measures depend on: the manifests of the stages that wrote it and the held-out
+    text, the settings, the task files (`include`) and the lm-eval version."""
+    from dataclasses import asdict
+
+    run_dir = Path(run_dir)
+    stages = dict.fromkeys(["assets", MODEL_STAGES[spec["name"]]])
+    parts = {
+        "model": spec["name"],
+        "stages": {s: light_checksum(run_dir / s / "manifest.json") for s in stages},
+        "settings": {k: v for k, v in asdict(S).items() if k not in ("models", "threads")},
+        "quant": asdict(quant) if quant else None,
+        "tasks": light_checksum(include),
+        "seed": seed,
+        "lm_eval": lm_eval_version(),
+    }
+    return text_hash(json.dumps(parts, sort_keys=True, default=str))
+
+# %% ../nbs/60_eval.ipynb #9ccc5e87
+def free_model():
+    "Give back the memory of models no longer referenced (collect, then empty the GPU cache)."
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure_model(
+    spec: dict,
+    S: EvalConfig,
+    names: dict,
+    include,
+    texts: dict,
+    rtexts: dict,
+    out_dir,
+    seed: int = 0,
+    quant: QuantSettings | None = None,
+) -> dict:
+    """Every measure of one `find_models` entry on one load (harness tasks, bits per character on `texts`, samples,
+    routing shares on `rtexts`), with each measure's seconds and items; the model is freed before returning."""
+    timings, t0 = {}, [time.time()]
+
+    def lap(k):
+        timings[k] = round(time.time() - t0[0], 3)
+        t0[0] = time.time()
+
+    model, tok = load_model(spec, S.dtype, quant)
+    lap("load")
+    res, examples = run_lm_eval(model, tok, list(names.values()), S, include, seed)
+    path = save_results(res, Path(out_dir) / "lm_eval" / spec["name"] / "results.json")
+    lap("harness")
+    bpc = {lang: bits_per_char(model, tok, t, S.block_size)["bpc"] for lang, t in texts.items()}
+    lap("bpc")
+    outs = generate(model, tok, S.samples.prompts, S.samples, seed=seed)
+    lap("samples")
+    shares = {lang: expert_shares(model, tok, t, S.block_size).tolist() for lang, t in rtexts.items()}
+    lap("routing")
+    del model, tok, res
+    free_model()
+    n = json.loads(path.read_text(encoding="utf-8"))
+    items = sum(
+        v.get("effective", 0)
+        for k, v in n.get("n-samples", {}).items()
+        if any(k == x or k.startswith(x + "_") for x in names.values())
+    )
+    counts = {
+        "harness_items": items,
+        "bpc_chars": sum(len(t) for x in texts.values() for t in x),
+        "routing_chars": sum(len(t) for x in rtexts.values() for t in x),
+        "sample_steps": -(-len(S.samples.prompts) // 8) * S.samples.max_new_tokens,
+    }
+    return {
+        "name": spec["name"],
+        "lm_eval": n,
+        "examples": examples,
+        "bpc": bpc,
+        "samples": [{"prompt": p, "output": s} for p, s in zip(S.samples.prompts, outs)],
+        "shares": shares,
+        "timings": timings,
+        "counts": counts,
+    }
+
+# %% ../nbs/60_eval.ipynb #2a549052
+def evaluate_models(
+    run_dir,
+    models: list[dict],
+    S: EvalConfig,
+    names: dict,
+    include,
+    out_dir,
+    seed: int = 0,
+    quant: QuantSettings | None = None,
+) -> dict[str, dict]:
+    """{model: its unit record} for the found `models`: each measured by `measure_model` as a unit of
+    `out_dir`/units (skipped if its record has the same key); a stop request between two models raises
+    `StageStopped`."""
+    texts = {lang: load_texts(run_dir, lang, "heldout", S.bpc_chars) for lang in ("zh", "en")}
+    rtexts = {lang: load_texts(run_dir, lang, "heldout", S.routing_chars) for lang in ("zh", "en")}
+    units, keys = Units(Path(out_dir) / "units", "eval"), {}
+    for m in progress([m for m in models if m["status"] == "ok"], "models"):
+        keys[m["name"]] = model_key(run_dir, m, S, include, seed, quant)
+        fn = lambda m=m: measure_model(m, S, names, include, texts, rtexts, out_dir, seed, quant)
+        units.run(m["name"], fn, keys[m["name"]])
+    return {k: units.done(k, key) for k, key in keys.items()}
+
+# %% ../nbs/60_eval.ipynb #821b51cd
+def eval_tables(records: dict[str, dict], names: dict[str, str]) -> dict:
+    """The stage's tables from unit records: `benchmarks`, `bpc` (per model), `samples` (rows), `routing` (long) and
+    `examples` (lm-eval's first prompt of each subtask)."""
+    import pandas as pd
+
+    bpc = pd.DataFrame({k: r["bpc"] for k, r in records.items()}).T
+    return {
+        "benchmarks": results_table({k: r["lm_eval"] for k, r in records.items()}, names),
+        "bpc": bpc.rename(columns={"zh": "bpc_zh", "en": "bpc_en"}),
+        "samples": [{"model": k, **s} for k, r in records.items() for s in r["samples"]],
+        "routing": routing_frame(
+            {(k, l): torch.tensor(v) for k, r in records.items() for l, v in r["shares"].items()}
+        ),
+        "examples": list(records.values())[-1]["examples"] if records else {},
+    }
+
+# %% ../nbs/60_eval.ipynb #6afdfffb
+BENCHMARK_ITEMS = {  # items of the evaluated split, and subjects (for eval.limit), of the real benchmarks
+    "ceval-valid": (1346, 52, "C-Eval paper (Huang et al. 2023): val split"),
+    "cmmlu": (11528, 67, "CMMLU paper (Li et al. 2023): all questions, an upper bound for test"),
+    "mmlu": (14042, 57, "cais/mmlu dataset card: test split"),
+    "hellaswag": (10042, 1, "HellaSwag dataset card: validation split"),
+}
+# forward tokens per item, 5-shot prompts (est.): letter tasks score one context, HellaSwag 4 endings
+TOKENS_PER_ITEM = {
+    "ceval-valid": 1000,
+    "cmmlu": 900,
+    "mmlu": 700,
+    "hellaswag": 4 * 600,
+}
+GPU_RATES = {  # assumed until a run measures them
+    "tokens_per_s": (
+        3000,
+        "forward tokens/s of Mixtral-8x7B as one device_map pipeline (one GPU busy at a time): 2 x 12.9B active "
+        "parameters per token (Mixtral paper) at 25% of an A100's 312 bf16 TFLOPS (NVIDIA datasheet), est.",
+    ),
+    "load_bytes_per_s": (1e9, "safetensors read at 1 GB/s from shared storage, est."),
+    "step_s": (
+        0.1,
+        "one sampling step reads the experts' weights (~93 GB) at ~1 TB/s of HBM (A100 datasheet: 2 TB/s), est.",
+    ),
+    "tokens_per_char": (
+        {"zh": 1.0, "en": 0.25},
+        "tokens per character: Chinese about 1, English about 4 characters a token, est.",
+    ),
+}
+
+
+def mixtral_params(spec, vocab_size: int = 32000) -> int:
+    "Parameters of a Mixtral with `spec`'s sizes (attention, experts, routers, norms, both token matrices)."
+    h, L, E = spec.hidden_size, spec.num_hidden_layers, spec.num_local_experts
+    kv = spec.num_key_value_heads * (h // spec.num_attention_heads)
+    layer = 2 * h * h + 2 * h * kv + 3 * E * h * spec.intermediate_size + h * E + 2 * h
+    return L * layer + 2 * vocab_size * h + h
+
+
+def _items(S: EvalConfig, run_dir) -> dict[str, tuple[int, str]]:
+    "{task: (items, where the count comes from)}: counted in the run's task files, or the real or generated sizes."
+    d = (
+        None
+        if run_dir is None
+        else (
+            Path(S.task_data)
+            if S.task_data not in ("generate", "hub")
+            else Path(run_dir) / "eval" / "task_data"
+        )
+    )
+    out = {}
+    for t in S.tasks:
+        if d is not None and d.exists():
+            files = task_files(d, t)
+            n = sum(min(len(read_task_file(f[TASK_SPLITS[t][1]])), S.limit or 10**9) for f in files.values())
+            out[t] = (n, f"counted in {d.name}/")
+        elif S.task_data == "generate":
+            out[t] = (S.eval_items, "eval.eval_items (generated stand-ins)")
+        else:
+            n, subjects, src = BENCHMARK_ITEMS[t]
+            out[t] = (min(n, S.limit * subjects) if S.limit else n, src)
+    return out
+
+
+def _measured(run_dir) -> dict[str, dict]:
+    "{model: unit record} of the run's finished eval units (none without a run directory)."
+    d = None if run_dir is None else Path(run_dir) / "eval" / "units"
+    return {p.stem: read_json(p) for p in sorted(d.glob("*.json"))} if d is not None and d.exists() else {}
+
+# %% ../nbs/60_eval.ipynb #88577d64
+def eval_time_plan(cfg: Config, run_dir=None) -> list[dict]:
+    """Rows {stage, unit, n_units, seconds_per_unit, seconds, assumption}: per model, one load and its measures (harness
+    items, characters for bits per character and routing, sampling steps), at the rates the run's finished units
+    measured, else at the stated GPU rates (`GPU_RATES`)."""
+    from cmixtral.assets import AssetsConfig
+
+    S = section(cfg, "eval", EvalConfig)
+    spec = section(cfg, "assets", AssetsConfig).base_model
+    vocab = ((cfg.get("memory") or {}).get("vocab_size")) or 32000
+    items, measured, rows = _items(S, run_dir), _measured(run_dir), []
+    tps, tpc = GPU_RATES["tokens_per_s"][0], GPU_RATES["tokens_per_char"][0]
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(S.dtype, 2)
+    chars = lambda n: n * sum(tpc.values())  # tokens of n characters per language
+    for name in S.models:
+        size = mixtral_params(spec, 32000 if name == "base" else vocab) * width
+        plan = {
+            "load": (
+                1,
+                size / GPU_RATES["load_bytes_per_s"][0],
+                GPU_RATES["load_bytes_per_s"][1] + f" ({size / 1e9:.1f} GB)",
+            ),
+            "harness": (
+                sum(n for n, _ in items.values()),
+                sum(n * TOKENS_PER_ITEM[t] for t, (n, _) in items.items())
+                / max(1, sum(n for n, _ in items.values()))
+                / tps,
+                "; ".join(f"{t}: {n} items ({src})" for t, (n, src) in items.items())
+                + f"; {GPU_RATES['tokens_per_s'][1]}",
+            ),
+            "bpc": (
+                2 * S.bpc_chars,
+                chars(S.bpc_chars) / (2 * S.bpc_chars) / tps,
+                GPU_RATES["tokens_per_char"][1],
+            ),
+            "routing": (
+                2 * S.routing_chars,
+                chars(S.routing_chars) / (2 * S.routing_chars) / tps,
+                GPU_RATES["tokens_per_char"][1],
+            ),
+            "samples": (
+                -(-len(S.samples.prompts) // 8) * S.samples.max_new_tokens,
+                GPU_RATES["step_s"][0],
+                GPU_RATES["step_s"][1],
+            ),
+        }
+        rec = measured.get(name)
+        count = {
+            "harness": "harness_items",
+            "bpc": "bpc_chars",
+            "routing": "routing_chars",
+            "samples": "sample_steps",
+        }
+        for what, (n, per, why) in plan.items():
+            if rec is not None and what in rec.get("timings", {}):
+                done = 1 if what == "load" else rec["counts"][count[what]]
+                per, why = rec["timings"][what] / max(1, done), f"measured: eval/units/{name}.json"
+            rows.append(
+                {
+                    "stage": "eval",
+                    "unit": f"{name}: {what}",
+                    "n_units": int(n),
+                    "seconds_per_unit": per,
+                    "seconds": n * per,
+                    "assumption": why,
+                }
+            )
+    return rows
+
+
+def format_time_plan(rows: list[dict], limit_s: float | None = None) -> str:
+    "The plan as a table with a total line (and the time limit when given)."
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    total = df.seconds.sum()
+    show = df.assign(seconds_per_unit=df.seconds_per_unit.map("{:.3g}".format), seconds=df.seconds.round(1))
+    lines = [
+        show.drop(columns=["assumption"]).to_string(index=False),
+        f"total: {total:,.0f} s ({total / 3600:.2f} h)",
+    ]
+    if limit_s:
+        lines.append(f"time limit: {limit_s:,.0f} s: {'fits' if total <= limit_s else 'does NOT fit'}")
+    return "\n".join(lines)

@@ -4,36 +4,42 @@
 
 # %% ../nbs/81_memory.ipynb #4654ae58
 from __future__ import annotations
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from .core import *
 from .checkpoint import LORA_TARGETS
 
 # %% auto #0
-__all__ = ['QUANT_STATE_FIXED_BYTES', 'MemoryConfig', 'nf4_bits', 'param_groups', 'activation_bytes_per_token_layer',
-           'qlora_memory', 'inference_memory_4bit', 'resolve_memory', 'stage_gpus', 'padded_vocab',
-           'layer_forward_bytes', 'inference_memory', 'merge_memory', 'stage_memory', 'replace_vocab', 'memory_report',
-           'format_memory']
+__all__ = ['QUANT_STATE_FIXED_BYTES', 'MARGIN', 'FRAGMENTATION', 'PHASES', 'PROCESS_GB', 'MemoryConfig', 'nf4_bits',
+           'param_groups', 'activation_bytes_per_token_layer', 'optimizer_bytes', 'gradient_rows', 'qlora_memory',
+           'plan_peak', 'fits', 'inference_memory_4bit', 'training_setups', 'choose_setup', 'resolve_memory',
+           'stage_gpus', 'padded_vocab', 'layer_forward_bytes', 'inference_memory', 'meta_model', 'merge_memory',
+           'host_plan', 'stage_memory', 'replace_vocab', 'memory_report', 'format_setups', 'format_memory']
 
 # %% ../nbs/81_memory.ipynb #470c007a
 @dataclass
 class MemoryConfig:
     "The `memory` config section: the training setup whose GPU memory is estimated (None: from the pretrain section)."
 
-    vocab_size: int = 57000  # rows of embed_tokens and lm_head after the vocabulary extension
+    vocab_size: int = 57000  # rows of embed_tokens and lm_head after the vocabulary extension (padded to 64)
     lora_r: int | None = 64
-    batch_size: int | None = 1  # sequences per GPU per step
+    batch_size: int | None = 1  # sequences per GPU per micro-step
     block_size: int | None = 2048
-    optimizer: str | None = "adamw"  # adamw (two fp32 states) or paged_adamw_8bit (two 8-bit states)
-    zero_stage: int | None = (
-        0  # DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, over world_size GPUs
-    )
+    optimizer: str | None = "adamw"  # adamw (fp32 m and v) or paged_adamw_8bit (8-bit m and v)
+    zero_stage: int | None = 0  # DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients
     world_size: int | None = 1  # None: nodes x gpus_per_node of cluster.slurm
+    grad_accum_dtype: str | None = (
+        None  # DeepSpeed's data_types.grad_accum_dtype, fp32 or bf16 (None: the DeepSpeed file's)
+    )
     gpu_gb: float = 80.0
     gradient_checkpointing: bool = True
-    overhead_gb: float = (
-        1.5  # CUDA context, allocator fragmentation, kernels' workspaces (an assumption, not a count)
+    reduce_bucket_size: int | None = (
+        None  # ZeRO-2's gradient buckets, elements (None: hidden x hidden, HF's "auto")
     )
+    overlap_comm: bool = True  # ZeRO-2: two reduce buckets instead of one
+    cuda_context_gb: float = 1.0  # CUDA context, cuBLAS/cuDNN workspaces, kernels (estimated)
+    nccl_gb: float = 1.0  # NCCL's communication buffers per GPU (estimated)
 
 # %% ../nbs/81_memory.ipynb #e83aefbd
 def nf4_bits(blocksize: int = 64, double_quant: bool = True, dq_blocksize: int = 256) -> float:
@@ -43,12 +49,18 @@ def nf4_bits(blocksize: int = 64, double_quant: bool = True, dq_blocksize: int =
 # %% ../nbs/81_memory.ipynb #5fa2aee5
 def param_groups(model_config, lora_r: int = 64, targets=LORA_TARGETS) -> dict:
     """Parameter counts of a Mixtral model by group (4-bit linears, gates, norms, embeddings, lm_head, LoRA), on the
-    meta device."""
+    meta device (counted once per config)."""
+    return dict(_param_groups(model_config.to_json_string(), lora_r, tuple(targets)))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_groups(config_json: str, lora_r: int, targets: tuple) -> tuple:
+    import json
     import torch
-    from transformers import MixtralForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM
 
     with torch.device("meta"):
-        model = MixtralForCausalLM(model_config)
+        model = MixtralForCausalLM(MixtralConfig(**json.loads(config_json)))
     g = dict.fromkeys(
         ("quantised", "quantised_layers", "gate", "norm", "embed_tokens", "lm_head", "lora", "lora_layers"), 0
     )
@@ -74,29 +86,34 @@ def param_groups(model_config, lora_r: int = 64, targets=LORA_TARGETS) -> dict:
 
 # %% ../nbs/81_memory.ipynb #7ec19e84
 QUANT_STATE_FIXED_BYTES = 16 * 4 + 256 * 4 + 4  # per 4-bit layer: the NF4 code, the 8-bit code, an offset
+MARGIN = 0.85  # a plan fits when its peak is at most this share of the GPU's memory
+FRAGMENTATION = 0.10  # the caching allocator's unusable share, on top of the per-step peak (estimated)
+PHASES = ("loss, forward", "loss, backward", "layer, backward", "optimizer step")
 
 
 def activation_bytes_per_token_layer(model_config, lora_r: int = 64) -> int:
-    """Bytes one token leaves saved for backward in one decoder layer of QLoRA training, counted tensor by
-    tensor on CPU (bench/memory_check.py): the residual stream is fp32 (`prepare_model_for_kbit_training`
-    makes the embeddings fp32 and bitsandbytes returns its input's dtype), matmul inputs are cast to bf16."""
+    """Bytes one token leaves saved for backward in one decoder layer of QLoRA training once DeepSpeed has cast
+    the parameters to bf16, counted tensor by tensor on CPU (bench/memory_check.py): the two RMSNorms keep an
+    fp32 input, every other saved tensor is bf16."""
     c = model_config
-    h, I, k = c.hidden_size, c.intermediate_size, c.num_experts_per_tok
+    h, I, k, r = c.hidden_size, c.intermediate_size, c.num_experts_per_tok, lora_r
     kv = c.num_key_value_heads * (h // c.num_attention_heads)
-    fp32_h = (6 + 4 * k) * h * 4  # 2 norm inputs, 4 LoRA dropouts; per expert: input, output, 2 dropouts
-    bf16_h = 8 * h * 2  # bf16 casts of projection inputs
-    attention = (2 * h + 2 * kv) * 2 + 2 * kv * 2  # q, k, v, out the attention kernel keeps; k, v projections
-    experts = k * (
-        4 * I * 4 + I * 2
-    )  # per expert: w1, w3 outputs, SiLU output, w2's dropout (fp32), w2's bf16 input
-    lora = (4 + 3 * k) * lora_r * 2  # LoRA A outputs (bf16): 4 attention projections, 3 per expert
-    return fp32_h + bf16_h + attention + experts + lora
+    norms = 2 * (4 * h + 4)  # fp32 input and its rsqrt, before attention and before the experts
+    projections = 4 * (
+        2 * h + 2 * h + 2 * r
+    )  # q, k, v, o: LoRA's dropout output, the 4-bit matmul's input, A x
+    attention = 2 * h + 2 * h + 4 * 2 * kv + 4 * c.num_attention_heads  # q, output, k and v, log-sum-exp
+    router = 4 * c.num_local_experts + 12 * k + 4  # router logits, top-k ids and weights
+    expert = 6 * 2 * h + 5 * 2 * I + 3 * 2 * r + 8 + 2  # per routed token: w1, w3, w2 in and out, SiLU, ids
+    return norms + projections + attention + router + k * expert
 
 
-def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
-    "Estimated GPU memory (GB) per item of QLoRA training of `model_config` with the setup `M`, one row per item."
-    import pandas as pd
+def optimizer_bytes(optimizer: str) -> float:
+    "Bytes of optimizer state per trainable parameter: AdamW's fp32 m and v, or bitsandbytes' blockwise 8-bit ones."
+    return 8 if optimizer == "adamw" else 2 * (1 + 4 / 256)  # 8-bit state + an fp32 absmax per block of 256
 
+# %% ../nbs/81_memory.ipynb #3dd63712
+def _check_setup(M: MemoryConfig):
     if M.optimizer not in ("adamw", "paged_adamw_8bit"):
         fail(f"memory.optimizer must be adamw or paged_adamw_8bit, got '{M.optimizer}'")
     if M.zero_stage not in (0, 1, 2):
@@ -104,62 +121,170 @@ def qlora_memory(model_config, M: MemoryConfig, compute_bytes: int = 2):
             f"memory.zero_stage must be 0, 1 or 2 (ZeRO-3 shards the 4-bit weights, "
             f"which QLoRA does not support here), got {M.zero_stage}"
         )
+    if M.grad_accum_dtype not in (None, "fp32", "bf16"):
+        fail(f"memory.grad_accum_dtype must be fp32 or bf16, got '{M.grad_accum_dtype}'")
+
+
+def gradient_rows(T: int, M: MemoryConfig, hidden: int) -> list:
+    """Gradient memory per rank by DeepSpeed's optimizer wrapper (bf16 parameters), rows of `qlora_memory`.
+    ZeRO-1 with fp32 accumulation is BF16_Optimizer (engine.py `_do_optimizer_sanity_check`): whole bf16 and fp32
+    gradients on every rank, a bf16 copy of the fp32 ones for the all-reduce at the step. ZeRO-2
+    (stage_1_and_2.py): a bf16 partition, its fp32 accumulation, and the reduce buckets."""
+    N, code = max(1, M.world_size), "counted (DeepSpeed 0.19.8 code)"
+    every, step = ",".join(PHASES[:3]), PHASES[3]
+    acc = 2 if M.grad_accum_dtype == "bf16" else 4
+    if M.zero_stage <= 1:
+        rows = [("grads", "bf16 gradients of trainable (whole, every rank)", T * 2, "all", "counted (bench)")]
+        if acc == 4:
+            rows.append(
+                ("grads_acc", "fp32 gradient accumulation (whole, BF16_Optimizer)", T * 4, "all", code)
+            )
+            rows.append(
+                ("allreduce_copy", "bf16 copy of the fp32 gradients for the all-reduce", T * 2, step, code)
+            )
+        return rows
+    bucket = M.reduce_bucket_size or hidden * hidden
+    return [
+        ("grads", "bf16 gradient partition (1/N, contiguous_gradients)", T * 2 / N, "all", code),
+        (
+            "grads_acc",
+            f"{M.grad_accum_dtype or 'fp32'} gradient accumulation of the partition (1/N)",
+            T * acc / N,
+            "all",
+            code,
+        ),
+        (
+            "buckets",
+            f"bf16 reduce buckets ({1 + M.overlap_comm} x reduce_bucket_size)",
+            bucket * 2 * (1 + M.overlap_comm),
+            every,
+            code,
+        ),
+        ("grads_avg", "averaged gradient partition at the step (1/N)", T * acc / N, step, code),
+    ]
+
+
+def qlora_memory(model_config, M: MemoryConfig):
+    """GPU memory per rank of QLoRA training of `model_config` with the setup `M` under DeepSpeed bf16: one row per
+    item with the phases of a step it is alive in (`all`, or some of `PHASES`) and how it is known (`basis`).
+    The peak is the static rows plus the fullest phase (`plan_peak`)."""
+    import pandas as pd
+
+    _check_setup(M)
     g = param_groups(model_config, M.lora_r)
-    h, L, V = model_config.hidden_size, model_config.num_hidden_layers, model_config.vocab_size
-    trainable = g["lora"] + g["embed_tokens"] + g["lm_head"]
-    shard = max(1, M.world_size)
-    opt_bytes = 8 if M.optimizer == "adamw" else 2
+    c = model_config
+    h, L, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    T = g["lora"] + g["embed_tokens"] + g["lm_head"]
+    N = max(1, M.world_size)
+    shard = N if M.zero_stage >= 1 else 1
     tokens = M.batch_size * M.block_size
-    per_token_layer = activation_bytes_per_token_layer(model_config, M.lora_r)
     gc = M.gradient_checkpointing
+    fwd, bwd, layer, step = PHASES
+    bench, ds = "counted (bench)", "counted (DeepSpeed 0.19.8 code)"
+    ckpt = tokens * ((2 * h * L if gc else 0) + 4 * h + 4 + 2 * h + 8)
+    act = tokens * activation_bytes_per_token_layer(c, M.lora_r) * (1 if gc else L)
+    largest = max(h * c.intermediate_size, h * h)
     rows = [
-        ("nf4_codes", "NF4 codes of attention + experts (4 bits)", g["quantised"] * 4 / 8),
+        ("nf4_codes", "NF4 codes of attention + experts (4 bits)", g["quantised"] / 2, "all", bench),
         (
             "quant_state",
             "NF4 quant state (block constants)",
             g["quantised"] * (nf4_bits() - 4) / 8 + g["quantised_layers"] * QUANT_STATE_FIXED_BYTES,
+            "all",
+            bench,
         ),
-        ("gates_norms", "router gates + norms (fp32)", (g["gate"] + g["norm"]) * 4),
+        ("gates_norms", "router gates + norms (bf16)", (g["gate"] + g["norm"]) * 2, "all", bench),
         (
             "embed_frozen",
-            "embed_tokens + lm_head, frozen originals (fp32)",
-            (g["embed_tokens"] + g["lm_head"]) * 4,
+            "embed_tokens + lm_head, frozen originals (bf16)",
+            (g["embed_tokens"] + g["lm_head"]) * 2,
+            "all",
+            bench,
         ),
         (
             "embed_trainable",
-            "embed_tokens + lm_head, trainable copies (fp32)",
-            (g["embed_tokens"] + g["lm_head"]) * 4,
+            "embed_tokens + lm_head, trainable copies (bf16)",
+            (g["embed_tokens"] + g["lm_head"]) * 2,
+            "all",
+            bench,
         ),
-        ("lora", "LoRA A/B (fp32)", g["lora"] * 4),
-        ("grads", "gradients of trainable (fp32)", trainable * 4 / (shard if M.zero_stage >= 2 else 1)),
+        ("lora", "LoRA A/B (bf16)", g["lora"] * 2, "all", bench),
+        ("master", f"fp32 master copy of trainable (1/{shard})", T * 4 / shard, "all", ds),
         (
             "optimizer",
-            f"optimizer states ({M.optimizer})",
-            trainable * opt_bytes / (shard if M.zero_stage >= 1 else 1),
+            f"optimizer states, {M.optimizer} (1/{shard})",
+            T * optimizer_bytes(M.optimizer) / shard,
+            "all",
+            bench if M.optimizer != "adamw" else ds,
         ),
-        (
-            "autocast_copies",
-            "bf16 copies autocast makes of lm_head and LoRA",
-            (g["lm_head"] + g["lora"] / (L if gc else 1)) * compute_bytes,
-        ),
+        *gradient_rows(T, M, h),
         (
             "act_checkpoints",
-            "activations: fp32 layer inputs, final norm, lm_head",
-            tokens * (4 * h * (L if gc else 0) + 4 * h + 2 * h),
+            "activations: layer inputs (bf16), final norm, lm_head input"
+            if gc
+            else "activations: final norm, lm_head input",
+            ckpt,
+            ",".join(PHASES[:3]),
+            bench,
         ),
         (
             "act_layer",
             "activations: one layer recomputed" if gc else "activations: all layers",
-            tokens * per_token_layer * (1 if gc else L),
+            act,
+            layer if gc else ",".join(PHASES[:3]),
+            bench,
         ),
-        ("logits", "logits (bf16)", tokens * V * compute_bytes),
-        ("logits_saved", "log-softmax of the logits, saved by the loss (fp32)", tokens * V * 4),
-        ("logits_grad", "gradient of the logits (fp32)", tokens * V * 4),
-        ("overhead", "CUDA context and fragmentation (assumed)", M.overhead_gb * 1e9),
+        ("dequant", "one 4-bit weight de-quantised to bf16 (transient)", largest * 2, layer, "counted"),
+        ("logits", "logits (bf16)", tokens * V * 2, fwd, bench),
+        ("logits_fp32", "fp32 copy of the logits the loss makes", tokens * V * 4, fwd, bench),
+        ("logits_saved", "log-softmax saved by cross-entropy (fp32)", tokens * V * 4, f"{fwd},{bwd}", bench),
+        ("logits_grad", "gradients of the log-softmax and fp32 logits", tokens * V * 4 * 2, bwd, bench),
+        (
+            "adam_tmp",
+            "optimizer step's temporaries (one fp32 partition)",
+            T * 4 / shard,
+            step,
+            "estimated (torch AdamW foreach)",
+        ),
+        (
+            "nccl",
+            "NCCL communication buffers",
+            M.nccl_gb * 1e9,
+            "all",
+            "estimated (NCCL docs: NCCL_BUFFSIZE 4 MiB per channel and peer)",
+        ),
+        (
+            "cuda_context",
+            "CUDA context, cuBLAS workspaces, kernels",
+            M.cuda_context_gb * 1e9,
+            "all",
+            "estimated (PyTorch CUDA semantics)",
+        ),
     ]
-    df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
+    df = pd.DataFrame(rows, columns=["key", "item", "bytes", "phases", "basis"])
+    dyn = max(df.bytes[df.phases.str.contains(p, regex=False)].sum() for p in PHASES)
+    df.loc[len(df)] = (
+        "fragmentation",
+        f"allocator fragmentation ({FRAGMENTATION:.0%} of the step's peak)",
+        FRAGMENTATION * dyn,
+        "all",
+        "estimated (PyTorch caching allocator)",
+    )
     df["GB"] = df.bytes / 1e9
     return df
+
+
+def plan_peak(table) -> tuple[float, str]:
+    "Peak GB of a `qlora_memory` table (the static rows plus its fullest phase) and that phase."
+    static = table.GB[table.phases == "all"].sum()
+    by = {p: table.GB[table.phases.str.contains(p, regex=False)].sum() for p in PHASES}
+    phase = max(by, key=by.get)
+    return float(static + by[phase]), phase
+
+
+def fits(gb: float, gpu_gb: float) -> bool:
+    "Whether a plan of `gb` per GPU fits under the margin: at most `MARGIN` of `gpu_gb`."
+    return gb <= MARGIN * gpu_gb
 
 
 def inference_memory_4bit(model_config, compute_bytes: int = 2) -> float:
@@ -170,6 +295,60 @@ def inference_memory_4bit(model_config, compute_bytes: int = 2) -> float:
         g["quantised"] * nf4_bits() / 8
         + (g["gate"] + g["norm"] + g["embed_tokens"] + g["lm_head"]) * compute_bytes
     ) / 1e9
+
+# %% ../nbs/81_memory.ipynb #a10d17f1
+def training_setups(
+    model_config,
+    M: MemoryConfig,
+    global_batch: int = 512,
+    micro_batches=(1, 2, 4, 8, 16),
+    stages=(1, 2),
+    optimizers=("adamw", "paged_adamw_8bit"),
+):
+    """The peak per GPU of every (ZeRO stage, optimizer, micro-batch) at one global batch of `global_batch`
+    sequences over `M.world_size` GPUs, gradients accumulated in fp32; accumulation makes up the rest. One row
+    per setup."""
+    import pandas as pd
+
+    N = max(1, M.world_size)
+    rows = []
+    for z in stages:
+        for o in optimizers:
+            for mb in micro_batches:
+                if global_batch % (N * mb):
+                    continue
+                accum = global_batch // (N * mb)
+                gb, phase = plan_peak(
+                    qlora_memory(
+                        model_config,
+                        replace(M, zero_stage=z, optimizer=o, batch_size=mb, grad_accum_dtype="fp32"),
+                    )
+                )
+                rows.append(
+                    {
+                        "zero_stage": z,
+                        "optimizer": o,
+                        "micro_batch": mb,
+                        "grad_accum": accum,
+                        "reduces_per_step": 1 if z <= 1 else accum,
+                        "peak_gb": round(gb, 2),
+                        "peak_phase": phase,
+                        "fits": fits(gb, M.gpu_gb),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def choose_setup(setups) -> dict:
+    """The setup of `training_setups` with the largest micro-batch that fits under the margin; among those, ZeRO-1
+    (one gradient reduction per step) before ZeRO-2 and fp32 AdamW before the 8-bit one."""
+    ok = setups[setups.fits]
+    if ok.empty:
+        fail(
+            f"no training setup fits under {MARGIN:.0%} of the GPU (smallest peak {setups.peak_gb.min():.1f} GB)"
+        )
+    key = ok.assign(_s=ok.zero_stage.eq(1), _o=ok.optimizer.eq("adamw"))
+    return key.sort_values(["micro_batch", "_s", "_o"], ascending=False).iloc[0].drop(["_s", "_o"]).to_dict()
 
 # %% ../nbs/81_memory.ipynb #8afc9d61
 def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Path(".")) -> MemoryConfig:
@@ -186,15 +365,18 @@ def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Pa
             fail(f"memory: {what} is not set and the pretrain section does not give it")
         return default
 
-    zero = M.zero_stage
+    zero, acc, ds = M.zero_stage, M.grad_accum_dtype, train.get("deepspeed") or ""
+    dsc = {}
+    if ds and (zero is None or acc is None):
+        f = Path(ds) if Path(ds).is_absolute() else root / ds
+        if not f.exists():
+            fail(f"DeepSpeed config {f} (pretrain.train.deepspeed) not found")
+        dsc = read_json(f)
     if zero is None:
-        ds = train.get("deepspeed") or ""
-        zero = 0
-        if ds:
-            f = Path(ds) if Path(ds).is_absolute() else root / ds
-            if not f.exists():
-                fail(f"DeepSpeed config {f} (pretrain.train.deepspeed) not found")
-            zero = int(read_json(f).get("zero_optimization", {}).get("stage", 0))
+        zero = int(dsc.get("zero_optimization", {}).get("stage", 0))
+    if acc is None:  # DeepSpeed's default is the model's dtype (bf16); without DeepSpeed, fp32
+        acc = (dsc.get("data_types") or {}).get("grad_accum_dtype", "bf16") if ds else "fp32"
+        acc = {"float32": "fp32", "bfloat16": "bf16", "fp16": "bf16"}.get(str(acc), str(acc))
     optim = str(pick(M.optimizer, train.get("optim"), "optimizer"))
     if "adamw" not in optim:
         fail(f"memory.optimizer must be adamw or paged_adamw_8bit, got '{optim}'")
@@ -204,6 +386,7 @@ def resolve_memory(M: MemoryConfig, pretrain: dict, slurm: dict, root: Path = Pa
         block_size=pick(M.block_size, pretrain.get("block_size"), "block_size"),
         batch_size=pick(M.batch_size, train.get("batch_size"), "batch_size"),
         zero_stage=zero,
+        grad_accum_dtype=acc,
         optimizer="paged_adamw_8bit" if "8bit" in str(optim) else "adamw",
         world_size=pick(M.world_size, max(1, gpus), "world_size"),
     )
@@ -276,26 +459,104 @@ def inference_memory(
     return df
 
 # %% ../nbs/81_memory.ipynb #e029fe25
-def merge_memory(model_config, lora_r: int, max_shard_size="5GB"):
-    "Host memory (CPU RAM) of merging a LoRA adapter into `model_config`'s base shard by shard, by item."
-    import pandas as pd
-    from cmixtral.checkpoint import size_bytes
+def meta_model(model_config):
+    "A MixtralForCausalLM of `model_config` on the meta device (shapes, no storage)."
+    import torch
+    from transformers import MixtralForCausalLM
 
-    g = param_groups(model_config, lora_r)
-    c = model_config
-    largest = max(c.hidden_size * c.intermediate_size, c.hidden_size * c.hidden_size)
+    with torch.device("meta"):
+        return MixtralForCausalLM(model_config)
+
+
+def merge_memory(model_config, lora_r: int, max_shard_size="5GB"):
+    "Host memory (CPU RAM) of merging a LoRA adapter into `model_config`'s base shard by shard (checkpoint's count)."
+    import pandas as pd
+    from cmixtral.checkpoint import merge_peak_bytes
+
+    p = merge_peak_bytes(meta_model(model_config), max_shard_size, lora_r)
     rows = [
-        ("shard", f"merged tensors waiting for a full shard ({max_shard_size})", size_bytes(max_shard_size)),
-        (
-            "adapter",
-            "adapter read whole: LoRA + embed/lm_head copies (fp32)",
-            (g["lora"] + g["embed_tokens"] + g["lm_head"]) * 4,
-        ),
-        ("tensor", "largest targeted weight: bf16, fp32 copy, B·A, sum", largest * (2 + 4 + 4 + 4)),
+        ("shard", f"merged tensors waiting for a full shard ({max_shard_size})", p["shard_buffer_bytes"]),
+        ("adapter", "adapter read whole: LoRA + embed/lm_head copies (fp32)", p["adapter_bytes"]),
+        ("tensor", "largest tensor in fp32 and its delta", p["largest_tensor_fp32_bytes"]),
     ]
     df = pd.DataFrame(rows, columns=["key", "item", "bytes"])
     df["GB"] = df.bytes / 1e9
     return df
+
+# %% ../nbs/81_memory.ipynb #5cb10c7b
+PROCESS_GB = (
+    3.0  # host memory of one training rank's process: Python, torch, CUDA and NCCL libraries (estimated)
+)
+
+
+def _job_gpus(cfg: dict, stage: str, job: str | None = None) -> int:
+    """GPUs per node of a stage's job: the training job (`job` None), or its `prepare`/`release` job (the nested
+    mapping over `cluster.host`; without either, the stage's own job does that work)."""
+    cl = cfg.get("cluster") or {}
+    st = (cl.get("stages") or {}).get(stage) or {}
+    if job and (isinstance(st.get(job), dict) or "host" in cl):
+        res = {**(cl.get("slurm") or {}), "gpus_per_node": 0, **(cl.get("host") or {}), **(st.get(job) or {})}
+        return int(res.get("gpus_per_node", 0) or 0)
+    return int({**(cl.get("slurm") or {}), **st}.get("gpus_per_node", 0) or 0)
+
+
+def host_plan(cfg: dict, M: MemoryConfig | None = None, base_config=None) -> list[dict]:
+    """Host RAM per node of the full-scale steps that hold model-sized data on the host: rows {stage, job, host_gb,
+    what}. Training: the ranks of a node loading the 4-bit model, and a checkpoint save; SFT: the merges and the
+    de-quantisation, shard by shard (`checkpoint.merge_peak_bytes`)."""
+    from cmixtral.assets import AssetsConfig, tiny_mixtral_config
+    from cmixtral.checkpoint import merge_peak_bytes, size_bytes
+
+    if base_config is None:
+        base_config = tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model)
+    M = M or MemoryConfig()
+    big = replace_vocab(base_config, padded_vocab(M.vocab_size))
+    g = param_groups(big, M.lora_r)
+    T = g["lora"] + g["embed_tokens"] + g["lm_head"]
+    shard = max(1, M.world_size) if M.zero_stage >= 1 else 1
+    largest = max(p.numel() for p in meta_model(big).parameters())
+    rows = []
+
+    def add(stage, job, nbytes, what):
+        rows.append({"stage": stage, "job": job, "host_gb": round(nbytes / 1e9, 2), "what": what})
+
+    ranks = _job_gpus(cfg, "pretrain") or 1
+    add(
+        "pretrain",
+        "train",
+        ranks * (PROCESS_GB * 1e9 + largest * 2),
+        f"{ranks} rank(s) loading the 4-bit model: a process each and one bf16 tensor in flight",
+    )
+    part = T * (4 + optimizer_bytes(M.optimizer)) / shard
+    add(
+        "pretrain",
+        "train",
+        ranks * (PROCESS_GB * 1e9 + part) + 2 * T * 2,
+        f"checkpoint save: each rank's fp32 master + {M.optimizer} partition, rank 0's adapter "
+        "(bf16 tensors and their safetensors bytes)",
+    )
+    sft = cfg.get("sft") or {}
+    if sft:
+        size = sft.get("max_shard_size", "5GB")
+        peak = merge_peak_bytes(meta_model(big), size, M.lora_r)["peak_bytes"]
+        prep = "prepare" if _job_gpus(cfg, "sft", "prepare") == 0 else "train"
+        add(
+            "sft",
+            prep,
+            PROCESS_GB * 1e9 + peak,
+            f"pretraining adapter merged into the base, shards of {size}",
+        )
+        dequant = size_bytes(size) + largest * (2 + 2 + 0.5 + 2)
+        add("sft", "release", PROCESS_GB * 1e9 + dequant, "base de-quantised to bf16, one tensor at a time")
+        add("sft", "release", PROCESS_GB * 1e9 + peak, "each of the two merges, shard by shard")
+        if _job_gpus(cfg, "sft", "release") == 0:
+            add(
+                "sft",
+                "release",
+                PROCESS_GB * 1e9 + g["total"] * 2,
+                "held-out comparison of the merges: a bf16 model in host memory (the job has no GPU)",
+            )
+    return rows
 
 # %% ../nbs/81_memory.ipynb #b053be9d
 def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
@@ -306,9 +567,8 @@ def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
     out = []
 
     def add(stage, what, unit, table):
-        out.append(
-            {"stage": stage, "what": what, "unit": unit, "table": table, "total_gb": float(table.GB.sum())}
-        )
+        total = plan_peak(table)[0] if "phases" in table else float(table.GB.sum())
+        out.append({"stage": stage, "what": what, "unit": unit, "table": table, "total_gb": total})
 
     bm = (cfg.get("assets") or {}).get("base_model") or {}
     n = stage_gpus(cfg, "assets")
@@ -332,9 +592,9 @@ def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
         )
     add(
         "pretrain",
-        "QLoRA per rank (above)",
+        "QLoRA per rank, peak (above)",
         "per GPU",
-        qlora_memory(replace_vocab(base_config, M.vocab_size), M),
+        qlora_memory(big, M),
     )
     if "sft" in cfg:
         sft = cfg["sft"]
@@ -343,12 +603,12 @@ def stage_memory(cfg: dict, M: MemoryConfig, base_config) -> list[dict]:
             {**sft, "block_size": sft.get("max_len", sft.get("block_size"))},
             (cfg.get("cluster") or {}).get("slurm") or {},
         )
-        Ms = replace(Ms, zero_stage=M.zero_stage)
+        Ms = replace(Ms, zero_stage=M.zero_stage, grad_accum_dtype=M.grad_accum_dtype)
         add(
             "sft",
             f"QLoRA per rank, r={Ms.lora_r}, batch {Ms.batch_size} x {Ms.block_size}",
             "per GPU",
-            qlora_memory(replace_vocab(base_config, M.vocab_size), Ms),
+            qlora_memory(big, Ms),
         )
         add(
             "sft merge",
@@ -381,7 +641,8 @@ def replace_vocab(model_config, vocab: int):
 
 # %% ../nbs/81_memory.ipynb #1209bded
 def memory_report(config, overrides=()) -> dict:
-    "Per-GPU memory of QLoRA training for `config`, the 4-bit inference weights, and every stage's table."
+    """Per-GPU peak of QLoRA training for `config` under the margin, the training setups the plan allows and the one
+    chosen, the 4-bit inference weights, every stage's table and the host plan."""
     from cmixtral.assets import (
         AssetsConfig,
         tiny_mixtral_config,
@@ -391,42 +652,97 @@ def memory_report(config, overrides=()) -> dict:
     M0 = section(cfg, "memory", MemoryConfig)
     slurm = (cfg.get("cluster") or {}).get("slurm") or {}
     M = resolve_memory(M0, cfg.get("pretrain", {}), slurm, Path(cfg.path).resolve().parent.parent)
-    mc = tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model, M.vocab_size)
+    base = tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model)
+    mc = replace_vocab(base, padded_vocab(M.vocab_size))
     table = qlora_memory(mc, M)
-    total = table.GB.sum()
+    peak, phase = plan_peak(table)
+    train = (cfg.get("pretrain") or {}).get("train") or {}
+    global_batch = M.batch_size * int(train.get("grad_accum", 1) or 1) * max(1, M.world_size)
+    setups = training_setups(mc, M, global_batch)
+    try:
+        chosen = choose_setup(setups)
+    except CmixtralError:
+        chosen = None
     return {
         "table": table,
-        "total_gb": total,
-        "fits": total <= M.gpu_gb,
+        "total_gb": peak,
+        "peak_phase": phase,
+        "fits": fits(peak, M.gpu_gb),
         "gpu_gb": M.gpu_gb,
-        "inference_4bit_gb": inference_memory_4bit(mc),
+        "margin": MARGIN,
+        "global_batch": global_batch,
+        "setups": setups,
+        "chosen": chosen,
+        "inference_4bit_gb": inference_memory_4bit(base),
         "params_b": param_groups(mc, M.lora_r)["total"] / 1e9,
         "setup": M,
-        "stages": stage_memory(cfg, M, tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model)),
+        "stages": stage_memory(cfg, M, base),
+        "host": host_plan(cfg, M, base),
     }
+
+
+def _verdict(gb: float, gpu_gb: float) -> str:
+    verdict = "fits" if fits(gb, gpu_gb) else "does NOT fit"
+    return f"{verdict} under {MARGIN:.0%} of {gpu_gb:.0f} GB ({MARGIN * gpu_gb:.1f} GB)"
+
+
+def format_setups(setups, chosen: dict | None) -> list[str]:
+    "The setups table of `memory_report` as text lines, the chosen one marked."
+    lines = [f"  {'ZeRO':>4} {'optimizer':<17} {'micro':>5} {'accum':>5} {'reduces':>7} {'peak GB':>8}  fits"]
+    for s in setups.itertuples():
+        mark = (
+            " <- chosen"
+            if chosen
+            and (s.zero_stage, s.optimizer, s.micro_batch)
+            == (chosen["zero_stage"], chosen["optimizer"], chosen["micro_batch"])
+            else ""
+        )
+        lines.append(
+            f"  {s.zero_stage:>4} {s.optimizer:<17} {s.micro_batch:>5} {s.grad_accum:>5} "
+            f"{s.reduces_per_step:>7} {s.peak_gb:>8.2f}  {'yes' if s.fits else 'no'}{mark}"
+        )
+    return lines
 
 
 def format_memory(r: dict) -> str:
     "The report of `memory_report` as text."
     M = r["setup"]
     lines = [
-        f"QLoRA, {r['params_b']:.1f}B parameters, vocabulary {M.vocab_size:,}, LoRA r={M.lora_r}, batch {M.batch_size} x {M.block_size} tokens, "
-        f"{M.optimizer}, ZeRO-{M.zero_stage} over {M.world_size} GPU(s), gradient checkpointing {'on' if M.gradient_checkpointing else 'off'}:"
+        f"QLoRA, {r['params_b']:.1f}B parameters, vocabulary {M.vocab_size:,}, LoRA r={M.lora_r}, "
+        f"batch {M.batch_size} x {M.block_size} tokens, "
+        f"{M.optimizer}, ZeRO-{M.zero_stage} over {M.world_size} GPU(s), "
+        f"gradient accumulation in {M.grad_accum_dtype or 'fp32'}, "
+        f"gradient checkpointing {'on' if M.gradient_checkpointing else 'off'}:"
     ]
-    lines += [f"  {row.item:<52} {row.GB:8.2f} GB" for row in r["table"].itertuples()]
+    t = r["table"]
+    lines += [f"  {row.item:<56} {row.GB:8.2f} GB  [{row.phases}] {row.basis}" for row in t.itertuples()]
     lines += [
-        f"  {'total per GPU':<52} {r['total_gb']:8.2f} GB -> {'fits' if r['fits'] else 'does NOT fit'} in {r['gpu_gb']:.0f} GB",
+        f"  {'peak per GPU (' + r['peak_phase'] + ')':<56} {r['total_gb']:8.2f} GB -> "
+        f"{_verdict(r['total_gb'], r['gpu_gb'])}",
+        f"  safety margin: MARGIN = {r['margin']:.2f} of the GPU's memory",
         f"  (4-bit inference weights alone: {r['inference_4bit_gb']:.1f} GB)",
     ]
+    if "setups" in r:
+        lines += [
+            "",
+            f"training setups at a global batch of {r['global_batch']} sequences over {M.world_size} GPU(s):",
+        ]
+        lines += format_setups(r["setups"], r.get("chosen"))
+        c = r.get("chosen")
+        lines.append(
+            f"  chosen: ZeRO-{c['zero_stage']}, {c['optimizer']}, micro-batch {c['micro_batch']} x accumulation "
+            f"{c['grad_accum']}, {c['peak_gb']:.1f} GB per GPU"
+            if c
+            else "  chosen: none fits"
+        )
     for st in r.get("stages", []):
         if st["stage"] == "pretrain":
             continue
         lines += ["", f"{st['stage']}: {st['what']}:"]
-        lines += [f"  {row.item:<52} {row.GB:8.2f} GB" for row in st["table"].itertuples()]
-        verdict = ""
-        if st["unit"] == "per GPU":
-            verdict = (
-                f" -> {'fits' if st['total_gb'] <= r['gpu_gb'] else 'does NOT fit'} in {r['gpu_gb']:.0f} GB"
-            )
-        lines.append(f"  {'total ' + st['unit']:<52} {st['total_gb']:8.2f} GB{verdict}")
+        lines += [f"  {row.item:<56} {row.GB:8.2f} GB" for row in st["table"].itertuples()]
+        verdict = f" -> {_verdict(st['total_gb'], r['gpu_gb'])}" if st["unit"] == "per GPU" else ""
+        lines.append(f"  {'total ' + st['unit']:<56} {st['total_gb']:8.2f} GB{verdict}")
+    if r.get("host"):
+        lines += ["", "host RAM per node:"]
+        lines += [f"  {h['stage']:<9} {h['job']:<8} {h['host_gb']:8.2f} GB  {h['what']}" for h in r["host"]]
     return "\n".join(lines)

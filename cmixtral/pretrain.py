@@ -4,8 +4,9 @@
 
 # %% ../nbs/40_pretrain.ipynb #3ede40b8
 from __future__ import annotations
-import argparse, contextlib, json, math, os, shutil, sys, zlib
+import argparse, json, math, os, shutil, sys, zlib
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -29,52 +30,13 @@ from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_
 from .data import registry_path
 from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, init_rows
 from .vocab import merged_tokenizer_path
+from .training import *
 
 # %% auto #0
-__all__ = ['ROLES', 'STOP_FILE_ENV', 'LoraSettings', 'TrainSettings', 'PretrainConfig', 'load_qlora_model', 'qlora_report',
-           'check_qlora', 'trainable_groups', 'module_role', 'layer_roles', 'plot_layer_roles', 'check_inputs',
-           'collate_blocks', 'run_fingerprint', 'last_checkpoint', 'check_resume', 'mixture_texts', 'block_dataset',
-           'arm_tokenizer_path', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'finished_training', 'train_adapter',
-           'train_arm', 'heldout_bpc', 'curve', 'arm_gaps', 'plot_arms', 'plot_train_loss', 'pretrained_paths',
-           'TrainingStopped', 'stop_requested', 'agree_any', 'stop_callback', 'training_args', 'train_model',
-           'attempt_callback', 'deepspeed_record', 'prior_attempts', 'describe_attempt', 'trainer_class',
-           'dense_expert_dispatch', 'process_rank', 'join_process_group', 'barrier', 'main_process_first',
-           'make_parser', 'train_command', 'run_entry_point', 'main']
-
-# %% ../nbs/40_pretrain.ipynb #66541ff7
-@dataclass
-class LoraSettings:
-    "Where LoRA goes and how big it is; which modules train in full."
-
-    r: int = 8  # rank (the seed: 64)
-    alpha: int = 16  # scaling alpha/r (the seed: 128)
-    dropout: float = 0.05
-    targets: list = field(default_factory=lambda: list(LORA_TARGETS))
-    modules_to_save: list = field(default_factory=lambda: ["embed_tokens", "lm_head"])
-
-
-@dataclass
-class TrainSettings:
-    "HF Trainer settings: schedule, batch, evaluation, checkpoints."
-
-    lr: float = 2e-3  # peak learning rate (the seed: 1e-5 for 42B tokens)
-    warmup_ratio: float = 0.05
-    scheduler: str = "cosine"
-    batch_size: int = 4  # blocks per device per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    weight_decay: float = 0.0
-    eval_steps: int = 20  # dev evaluation every this many optimizer steps
-    save_steps: int = 20  # checkpoint every this many steps
-    save_total_limit: int = 2
-    logging_steps: int = 5
-    gradient_checkpointing: bool = True
-    optim: str = "adamw_torch"  # the seed's scale: paged_adamw_8bit
-    report_to: str = "tensorboard"  # or none
-    deepspeed: str = ""  # a DeepSpeed JSON config (multi-GPU), empty on CPU
-    seed: int = 0
-    ddp_timeout: int = 1800  # seconds ranks wait at a barrier (rank 0 may be writing the starting model)
+__all__ = ['ROLES', 'PretrainConfig', 'qlora_report', 'check_qlora', 'trainable_groups', 'module_role', 'layer_roles',
+           'plot_layer_roles', 'check_inputs', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
+           'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm', 'heldout_bpc', 'curve', 'arm_gaps',
+           'plot_arms', 'pretrained_paths', 'make_parser', 'prepare', 'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #bf9bb919
 @dataclass
@@ -100,41 +62,6 @@ class PretrainConfig:
     quant: QuantSettings = field(default_factory=QuantSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
-
-# %% ../nbs/40_pretrain.ipynb #ec546373
-def _settings(P):
-    "(quant, lora, gradient checkpointing) of a PretrainConfig-like object (or a bare LoraSettings: not quantised)."
-    if isinstance(P, LoraSettings):
-        return QuantSettings(load_in_4bit=False), P, True
-    return P.quant, P.lora, P.train.gradient_checkpointing
-
-
-def load_qlora_model(model_dir, P, gradient_checkpointing: bool | None = None):
-    "A peft model for training: `model_dir`'s body per `P.quant`, LoRA per `P.lora`, embeddings and lm_head trained."
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    Q, L, gc = _settings(P)
-    gc = gc if gradient_checkpointing is None else gradient_checkpointing
-    dtype = "auto" if Q.load_in_4bit else str(compute_dtype(Q)).removeprefix("torch.")
-    attn = getattr(P, "attn_implementation", None)
-    model = load_model(model_dir, Q, dtype=dtype, purpose="train", attn_implementation=attn)
-    model.config.use_cache = False
-    kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    if Q.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc, **kw)
-    elif gc:
-        model.gradient_checkpointing_enable(**kw)
-        model.enable_input_require_grads()
-    lc = LoraConfig(
-        r=L.r,
-        lora_alpha=L.alpha,
-        lora_dropout=L.dropout,
-        target_modules=list(L.targets),
-        modules_to_save=list(L.modules_to_save),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lc)
 
 # %% ../nbs/40_pretrain.ipynb #9c9fbf64
 def qlora_report(model, targets=LORA_TARGETS):
@@ -342,78 +269,6 @@ def check_inputs(model_config, tok, train_ds, block_size: int, pad: int = 128):
     if len(sample[0]) > ctx:
         fail(f"the training blocks have {len(sample[0])} tokens, more than the model's context ({ctx})")
 
-# %% ../nbs/40_pretrain.ipynb #1ce67ef8
-def collate_blocks(rows: list[dict], pad_id: int = 2) -> dict:
-    "Stack rows of `input_ids` (and optional `labels`, -100 = masked) into tensors, padding ragged rows."
-    L = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    lab = torch.full((len(rows), L), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        mask[i, :n] = 1
-        lab[i, :n] = torch.tensor(r["labels"] if r.get("labels") is not None else r["input_ids"])
-    return {"input_ids": ids, "labels": lab, "attention_mask": mask}
-
-# %% ../nbs/40_pretrain.ipynb #e1d7e4ad
-def run_fingerprint(
-    model_config, n_tokens: int, train_ds, T: TrainSettings, world_size: int = 1, tag: str = ""
-) -> str:
-    """Hash of what makes a training run resumable: model shape and vocabulary (and `tag`: the starting weights), the
-    data, and the schedule."""
-    first, last = train_ds[0]["input_ids"], train_ds[len(train_ds) - 1]["input_ids"]
-    key = {
-        "model": {
-            k: getattr(model_config, k, None)
-            for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_local_experts")
-        },
-        "tokens": n_tokens,
-        "tag": tag,
-        "rows": len(train_ds),
-        "first": first,
-        "last": last,
-        "schedule": [
-            T.lr,
-            T.warmup_ratio,
-            T.scheduler,
-            T.batch_size * T.grad_accum * world_size,
-            T.epochs,
-            T.max_steps,
-            T.seed,
-        ],
-    }
-    return text_hash(json.dumps(key, sort_keys=True, default=str))[:16]
-
-
-def last_checkpoint(out_dir) -> Path | None:
-    """The complete `checkpoint-N` folder with the largest N in `out_dir`, or None. Complete: renamed from its
-    temporary name after every rank wrote its part (`trainer_class`), with the Trainer's state inside."""
-    cps = [
-        p
-        for p in Path(out_dir).glob("checkpoint-*")
-        if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
-    ]
-    return max(cps, key=lambda p: int(p.name.split("-")[1])) if cps else None
-
-
-def check_resume(out_dir, fingerprint: str, resume: bool = True) -> Path | None:
-    "The checkpoint to resume from (None: start fresh); fails if `out_dir` holds checkpoints of another run."
-    out_dir = Path(out_dir)
-    info = out_dir / "run_info.json"
-    cp = last_checkpoint(out_dir)
-    if cp is None:
-        return None
-    if not resume:
-        fail(f"{out_dir} already holds checkpoints ({cp.name}); delete it or set resume=true to continue")
-    old = read_json(info).get("fingerprint") if info.exists() else None
-    if old != fingerprint:
-        fail(
-            f"checkpoint {cp} is from another run (fingerprint {old}, this run {fingerprint}): "
-            f"delete {out_dir} to start over"
-        )
-    return cp
-
 # %% ../nbs/40_pretrain.ipynb #8afa134a
 def mixture_texts(
     run_dir, mixture, split: str = "train", chars: int = 0, zh_share: float = 0.5, seed: int = 0
@@ -458,7 +313,13 @@ def arm_tokenizer_path(run_dir, arm: str) -> Path:
 
 
 def prepare_arm_model(
-    run_dir, arm: str, out_dir, pad_to_multiple_of: int = 64, seed: int = 0, E: EmbedInitConfig | None = None
+    run_dir,
+    arm: str,
+    out_dir,
+    pad_to_multiple_of: int = 64,
+    seed: int = 0,
+    E: EmbedInitConfig | None = None,
+    allow_copy: bool = False,
 ) -> Path:
     """Write the arm's starting model (with its tokenizer) to `out_dir` unless it is there from the same base; return
     `out_dir`."""
@@ -491,7 +352,15 @@ def prepare_arm_model(
         calib = calibration_texts(run_dir, E.calib_chars) if arm in CALIBRATED else None
         rows, _ = init_rows(base, old_tok, tok, arm, pad_to_multiple_of, E.chunk, calib, E.block_size)
     # rows computed in float32, appended in the base's stored dtype; the other tensors are the base's bytes
-    return grow_model(base, out_dir, rows, tok, extra={"source.json": src})
+    return grow_model(
+        base,
+        out_dir,
+        rows,
+        tok,
+        extra={"source.json": src},
+        allow_copy=allow_copy,
+        key="pretrain.train.allow_copy",
+    )
 
 # %% ../nbs/40_pretrain.ipynb #92fc0f19
 def arm_data(run_dir, cfg: Config, S: PretrainConfig, tok) -> dict:
@@ -531,41 +400,6 @@ def pretrain_dir(run_dir) -> Path:
     return Path(run_dir) / "pretrain"
 
 
-def finished_training(adapter_dir) -> dict | None:
-    """The record a finished training left in its adapter folder (fingerprint, world size, settings, the attempts
-    that trained it, steps, log), or None."""
-    p = Path(adapter_dir) / "training.json"
-    return read_json(p) if p.exists() else None
-
-
-def train_adapter(
-    init, S, tok, train_ds, eval_ds, trainer_dir, adapter_dir, T, resume=True, stop_after=0, tag=""
-) -> tuple:
-    """QLoRA-train an adapter on the model in `init` (settings `S`: quant, lora; schedule `T`) and save it with a
-    `training.json` record (the trainer's `run_info.json`, its attempts included, with the last step and the log);
-    if `adapter_dir` holds this same training finished (by any number of processes, e.g. a torchrun job), load it
-    instead. Returns (model, log history)."""
-    from transformers import AutoConfig
-
-    adapter_dir = Path(adapter_dir)
-    done, mcfg = finished_training(adapter_dir), AutoConfig.from_pretrained(init)
-    if done and done["fingerprint"] == run_fingerprint(mcfg, len(tok), train_ds, T, done["world_size"], tag):
-        get_logger().info(
-            f"{adapter_dir}: trained earlier by {done['world_size']} process(es) to step {done['global_step']}"
-        )
-        return load_model(init, S.quant if S.quant.load_in_4bit else None, adapter=adapter_dir), done["log"]
-    seed_everything(T.seed)
-    model = load_qlora_model(init, S)
-    log = train_model(model, tok, train_ds, eval_ds, trainer_dir, T, resume, stop_after, tag)
-    if process_rank() == 0:
-        info = read_json(Path(trainer_dir) / "run_info.json")
-        save_model(model, adapter_dir, tok)
-        steps = max([r.get("step", 0) for r in log] or [0])
-        write_json(adapter_dir / "training.json", {**info, "global_step": steps, "log": log})
-    barrier()
-    return model, log
-
-
 def train_arm(
     run_dir, cfg: Config, S: PretrainConfig, arm: str, stop_after: int = 0, max_steps: int = 0
 ) -> dict:
@@ -576,7 +410,7 @@ def train_arm(
 
     adir = pretrain_dir(run_dir) / "arms" / arm
     T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
-    with main_process_first(T.ddp_timeout):  # rank 0 writes the arm's starting model
+    with main_process_first(collective_timeout(T)):  # rank 0 writes the arm's starting model
         init = prepare_arm_model(
             run_dir,
             arm,
@@ -584,6 +418,7 @@ def train_arm(
             S.pad_to_multiple_of,
             cfg.seed,
             section(cfg, "embed_init", EmbedInitConfig),
+            S.train.allow_copy,
         )
     tok = load_mixtral_tokenizer(init / "tokenizer.model")
     d = arm_data(run_dir, cfg, S, tok)
@@ -699,396 +534,60 @@ def plot_arms(curves: dict, title: str = "", ref: str = "normal", gap_arms: list
     fig.tight_layout()
     return fig
 
-# %% ../nbs/40_pretrain.ipynb #576f491f
-def plot_train_loss(log: list[dict], title: str = ""):
-    "Training loss (and dev losses) against optimizer step from a Trainer log history; returns the Figure."
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    tr = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    ax.plot(*zip(*tr), label="train") if tr else None
-    for k in sorted({k for r in log for k in r if k.startswith("eval_") and k.endswith("_loss")}):
-        ev = [(r["step"], r[k]) for r in log if k in r]
-        ax.plot(*zip(*ev), marker="o", ms=3, label=k.removeprefix("eval_").removesuffix("_loss") + " dev")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
 # %% ../nbs/40_pretrain.ipynb #91c96ff2
 def pretrained_paths(run_dir) -> tuple[Path, Path]:
     "(base model dir, adapter dir) that the pretrain stage saved for its main arm."
     read_manifest(run_dir, "pretrain")
     return pretrain_dir(run_dir) / "base", pretrain_dir(run_dir) / "adapter"
 
-# %% ../nbs/40_pretrain.ipynb #a9b63cc3
-class TrainingStopped(CmixtralError):
-    "Training stopped at a saved checkpoint because the job was asked to stop; rerunning resumes from it."
-
-    def __init__(self, msg: str, log: list | None = None):
-        super().__init__(msg)
-        self.log = log or []  # the Trainer's log history up to the stop
-
-
-STOP_FILE_ENV = "CMIXTRAL_STOP_FILE"
-
-
-def stop_requested() -> bool:
-    "Whether the file named by `$CMIXTRAL_STOP_FILE` exists (the batch script writes it when SLURM warns it)."
-    p = os.environ.get(STOP_FILE_ENV)
-    return bool(p) and Path(p).exists()
-
-
-def agree_any(flag: bool, device="cpu") -> bool:
-    "True on every rank if `flag` is true on any rank: one all-reduce (without torch.distributed, `flag` itself)."
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def stop_callback(stop_after: int = 0):
-    """A TrainerCallback that saves a checkpoint and stops training when a stop is requested on any rank (or at
-    step `stop_after`, as if the job were killed right after it); `.stopped_at` is the step it stopped at."""
-    from transformers import TrainerCallback
-
-    class StopOnRequest(TrainerCallback):
-        stopped_at = None
-
-        def on_step_end(self, args, state, control, **kw):
-            asked = agree_any(stop_requested(), args.device)
-            if asked or (stop_after and state.global_step >= stop_after):
-                control.should_save = control.should_training_stop = True
-                self.stopped_at = state.global_step
-            return control
-
-    return StopOnRequest()
-
-# %% ../nbs/40_pretrain.ipynb #a76f632a
-def training_args(
-    out_dir, T: TrainSettings, has_eval: bool = True, world_size: int = 1, eval_on_start: bool = False
-):
-    "The `TrainingArguments` for `T`, writing checkpoints and TensorBoard logs under `out_dir`."
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(out_dir),
-        learning_rate=T.lr,
-        warmup_ratio=T.warmup_ratio,
-        lr_scheduler_type=T.scheduler,
-        per_device_train_batch_size=T.batch_size,
-        per_device_eval_batch_size=T.batch_size,
-        gradient_accumulation_steps=T.grad_accum,
-        num_train_epochs=T.epochs,
-        max_steps=T.max_steps,
-        weight_decay=T.weight_decay,
-        optim=T.optim,
-        eval_strategy="steps" if has_eval else "no",
-        eval_on_start=has_eval and eval_on_start,
-        eval_steps=T.eval_steps,
-        save_strategy="steps",
-        save_steps=T.save_steps,
-        save_total_limit=T.save_total_limit,
-        logging_steps=T.logging_steps,
-        logging_first_step=True,
-        logging_dir=str(Path(out_dir) / "tb"),
-        report_to=[] if T.report_to in ("", "none") else [T.report_to],
-        seed=T.seed,
-        data_seed=T.seed,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=bool(os.environ.get("CMIXTRAL_QUIET")),
-        use_cpu=not torch.cuda.is_available(),
-        ddp_find_unused_parameters=world_size > 1 or None,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        deepspeed=str(project_file(T.deepspeed, "DeepSpeed config")) if T.deepspeed else None,
-        save_safetensors=True,
-        ddp_timeout=T.ddp_timeout,
-    )
-
-# %% ../nbs/40_pretrain.ipynb #24afa4f0
-def train_model(
-    model,
-    tokenizer,
-    train_ds,
-    eval_ds,
-    out_dir,
-    T: TrainSettings,
-    resume: bool = True,
-    stop_after: int = 0,
-    tag: str = "",
-) -> list[dict]:
-    """Train `model` with HF Trainer on `train_ds` (eval on `eval_ds`: a Dataset or {name: Dataset}); resume from
-    `out_dir`'s last checkpoint; return the log history. Each call appends its record (`attempt_callback`) to the
-    `attempts` of `out_dir/run_info.json`. Raises `TrainingStopped` (with the log so far) when a stop was requested
-    before the end."""
-    out_dir = Path(out_dir)
-    ws = int(os.environ.get("WORLD_SIZE", 1))
-    if train_ds is None or len(train_ds) == 0:
-        fail("the training dataset is empty")
-    fp = run_fingerprint(model.config, len(tokenizer), train_ds, T, ws, tag)
-    cp = check_resume(out_dir, fp, resume)
-    args = training_args(out_dir, T, bool(eval_ds), ws, eval_on_start=cp is None)
-    attempts = prior_attempts(out_dir, fp)
-    info = {"fingerprint": fp, "world_size": ws, "train": asdict(T), "attempts": attempts}
-    if args.process_index == 0:
-        write_json(out_dir / "run_info.json", info)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    dense_expert_dispatch(model)  # the same graph on every rank (see below)
-    trainer = trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds or None,
-        data_collator=lambda rows: collate_blocks(rows, pad),
-        callbacks=[stopper := stop_callback(stop_after), seen := attempt_callback()],
-    )
-    if cp is not None:
-        get_logger().info(f"resuming from {cp}")
-    trainer.train(resume_from_checkpoint=str(cp) if cp is not None else None)
-    st = trainer.state
-    stopped = stopper.stopped_at is not None and st.global_step < st.max_steps
-    saved = last_checkpoint(out_dir)
-    rec = {
-        "attempt": len(attempts) + 1,
-        "started_from": cp.name if cp is not None else None,
-        **seen.steps(),
-        "stopped": stopped,
-        "world_size": ws,
-        "deepspeed": deepspeed_record(trainer),
-        "nf4_kernel": nf4_kernel_record().get(
-            "dequantize_4bit"
-        ),  # the CPU de-quantisation kernel (45_checkpoint)
-        "last_checkpoint": saved.name if saved is not None else None,
-        "losses": seen.losses,
-    }
-    if args.process_index == 0:  # recorded before a stop is raised
-        write_json(out_dir / "run_info.json", {**info, "attempts": attempts + [rec]})
-        get_logger().info(describe_attempt(rec))
-    if stopped:
-        raise TrainingStopped(
-            f"training stopped on request at step {st.global_step} of {st.max_steps}, checkpoint saved in "
-            f"{out_dir}: run again to resume",
-            st.log_history,
-        )
-    evals = [
-        r["step"]
-        for r in trainer.state.log_history
-        if any(k.startswith("eval_") and k.endswith("_loss") for k in r)
-    ]
-    if eval_ds and (not evals or evals[-1] != trainer.state.global_step):
-        trainer.evaluate()  # and its end point
-    return trainer.state.log_history
-
-# %% ../nbs/40_pretrain.ipynb #7f3b9a2c
-def attempt_callback():
-    """A TrainerCallback that records what one `train()` call did: `.steps()` gives the step it started from and the
-    first and last step it trained (None: none), `.losses` the logged loss at each step (keys are strings, as in
-    JSON)."""
-    from transformers import TrainerCallback
-
-    class RecordAttempt(TrainerCallback):
-        def __init__(self):
-            self.start, self.trained, self.losses = None, [], {}
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.start = state.global_step  # after a checkpoint's state was loaded
-
-        def on_step_end(self, args, state, control, **kw):
-            self.trained.append(state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs and self.trained:
-                self.losses[str(state.global_step)] = logs["loss"]
-
-        def steps(self) -> dict:
-            t = self.trained
-            return {
-                "start_step": self.start,
-                "first_step": t[0] if t else None,
-                "last_step": t[-1] if t else None,
-            }
-
-    return RecordAttempt()
-
-
-def deepspeed_record(trainer) -> dict | None:
-    """The DeepSpeed engine `trainer` trained with (version, ZeRO stage, world size, the dtypes of the weights and of
-    the accumulated gradients), or None without DeepSpeed."""
-    engine = getattr(trainer, "deepspeed", None)
-    if engine is None:
-        return None
-    import deepspeed
-
-    weights, accum = engine.get_data_types()
-    return {
-        "version": deepspeed.__version__,
-        "zero_stage": int(engine.zero_optimization_stage()),
-        "world_size": int(engine.world_size),
-        "model_dtype": str(weights).removeprefix("torch."),
-        "grad_accum_dtype": str(accum).removeprefix("torch."),
-        "gradient_accumulation_steps": int(engine.gradient_accumulation_steps()),
-    }
-
-
-def prior_attempts(out_dir, fingerprint: str) -> list[dict]:
-    "The attempts recorded in `out_dir/run_info.json` by earlier calls of the same training (same fingerprint)."
-    p = Path(out_dir) / "run_info.json"
-    info = read_json(p) if p.exists() else {}
-    return list(info.get("attempts", [])) if info.get("fingerprint") == fingerprint else []
-
-
-def describe_attempt(rec: dict) -> str:
-    "One log line for an attempt's record: where it started, the steps it trained, whether it stopped, its engine."
-    start = (
-        f"resuming from {rec['started_from']}"
-        if rec["started_from"]
-        else f"starting from step {rec['start_step']}"
-    )
-    steps = (
-        f"trained steps {rec['first_step']}..{rec['last_step']}"
-        if rec["first_step"] is not None
-        else "trained no step"
-    )
-    ds = rec.get("deepspeed")
-    engine = f", DeepSpeed {ds['version']} ZeRO-{ds['zero_stage']} on {ds['world_size']} ranks" if ds else ""
-    return f"attempt {rec['attempt']}: {start}, {steps}{', stopped' if rec['stopped'] else ''}{engine}"
-
-# %% ../nbs/40_pretrain.ipynb #2e351e5b
-def trainer_class():
-    """HF's Trainer, with an optimizer that holds no empty parameter group (DeepSpeed drops those too late), and
-    checkpoints written under a temporary name, renamed once every rank has written its part."""
-    from transformers import Trainer
-
-    class CmixtralTrainer(Trainer):
-        def create_optimizer(self):
-            opt = super().create_optimizer()
-            opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
-            return opt
-
-        def _save_checkpoint(self, model, trial):
-            out, name = Path(self.args.output_dir), f"checkpoint-{self.state.global_step}"
-            staging = out / f"tmp-{name}"
-            self.args.output_dir = str(staging)  # HF writes staging/checkpoint-N
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.output_dir = str(out)
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save:
-                if (out / name).exists():
-                    shutil.rmtree(out / name)
-                (staging / name).rename(out / name)
-                shutil.rmtree(staging)
-                self._rotate_checkpoints(use_mtime=False, output_dir=str(out))
-            self.accelerator.wait_for_everyone()
-
-    return CmixtralTrainer
-
-
-def _dense_moe_forward(self, hidden_states):
-    "transformers 4.57's MixtralSparseMoeBlock.forward, except that every expert runs (on no rows if none came)."
-    import torch.nn.functional as F
-
-    batch_size, sequence_length, hidden_dim = hidden_states.shape
-    if self.training and self.jitter_noise > 0:
-        noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
-        hidden_states *= noise
-    hidden_states = hidden_states.view(-1, hidden_dim)
-    router_logits = self.gate(hidden_states)
-    routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
-    routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
-    routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
-    routing_weights = routing_weights.to(hidden_states.dtype)
-    shape = (batch_size * sequence_length, hidden_dim)
-    final = torch.zeros(shape, dtype=hidden_states.dtype, device=hidden_states.device)
-    expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
-    for e, expert in enumerate(self.experts):  # all experts, in order: the same graph on every rank
-        idx, top_x = torch.where(expert_mask[e])
-        y = expert(hidden_states[top_x]) * routing_weights[top_x, idx, None]
-        final.index_add_(0, top_x, y.to(hidden_states.dtype))
-    return final.reshape(batch_size, sequence_length, hidden_dim), router_logits
-
-
-def dense_expert_dispatch(model) -> int:
-    "Make every Mixtral MoE block of `model` run all its experts each step; returns the number of blocks."
-    import types
-    import transformers
-    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        fail(
-            f"dense_expert_dispatch follows transformers 4.x's Mixtral block; found {transformers.__version__}"
-        )
-    n = 0
-    for m in model.modules():
-        if isinstance(m, MixtralSparseMoeBlock):
-            m.forward = types.MethodType(_dense_moe_forward, m)
-            n += 1
-    return n
-
-# %% ../nbs/40_pretrain.ipynb #bb5db455
-def process_rank() -> int:
-    "This process's rank among torchrun's processes (0 without torchrun)."
-    return int(os.environ.get("RANK", 0))
-
-
-def join_process_group(timeout_s: int = 1800):
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) unless this process is alone or already in it;
-    its collectives and barriers give up after `timeout_s` seconds."""
-    import datetime
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-
-
-def barrier(timeout_s: int = 1800):
-    "Wait until every rank gets here (nothing to wait for without torchrun)."
-    import torch.distributed as dist
-
-    join_process_group(timeout_s)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_process_first(timeout_s: int = 1800):
-    "Rank 0 runs the block first; the other ranks run it after (finding its results there)."
-    if process_rank() != 0:
-        barrier(timeout_s)
-    yield
-    if process_rank() == 0:
-        barrier(timeout_s)
-
 # %% ../nbs/40_pretrain.ipynb #b55f9faa
 def make_parser(subparsers=None) -> argparse.ArgumentParser:
     "The parser of the training entry point: standalone (`python -m cmixtral.pretrain`) or as `cmixtral train`."
-    kw = dict(
-        description="QLoRA continual pretraining of one arm (what torchrun runs on every rank)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    ap = entry_parser(
+        "python -m cmixtral.pretrain",
+        "QLoRA continual pretraining of one arm (what torchrun runs on every rank)",
+        subparsers,
+        "train",
+        "the pretrain stage's training entry point (what torchrun runs)",
     )
-    if subparsers is None:
-        ap = argparse.ArgumentParser(prog="python -m cmixtral.pretrain", **kw)
-    else:
-        ap = subparsers.add_parser(
-            "train", help="the pretrain stage's training entry point (what torchrun runs)", **kw
-        )
-    add_config_options(ap)
     ap.add_argument("--arm", default=None, help="arm to train (default: the config's pretrain.main_arm)")
-    ap.add_argument(
-        "--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: the schedule's)"
-    )
     return ap
+
+
+def prepare(config, out, overrides=()) -> dict:
+    """The stage's host work, for a CPU job ahead of the training job: every arm's starting model written, and the
+    main arm's data read and checked against it. Returns what it prepared."""
+    from transformers import AutoConfig
+
+    cfg = load_config(config, overrides)
+    S = section(cfg, "pretrain", PretrainConfig)
+    open_run_dir(out, cfg)
+    E = section(cfg, "embed_init", EmbedInitConfig)
+    inits = {
+        a: prepare_arm_model(
+            out,
+            a,
+            pretrain_dir(out) / "arms" / a / "init",
+            S.pad_to_multiple_of,
+            cfg.seed,
+            E,
+            S.train.allow_copy,
+        )
+        for a in S.arms
+    }
+    init = inits[S.main_arm]
+    tok = load_mixtral_tokenizer(init / "tokenizer.model")
+    d = arm_data(out, cfg, S, tok)
+    check_inputs(
+        AutoConfig.from_pretrained(init), tok, d["train"], S.block_size, max(128, S.pad_to_multiple_of)
+    )
+    return {
+        "stage": "pretrain",
+        "init_models": {a: str(p) for a, p in inits.items()},
+        "main_arm": S.main_arm,
+        "train_blocks": len(d["train"]),
+        "train_tokens": d["train_tokens"],
+    }
 
 
 def train_command(config, out, overrides=(), arm=None, max_steps: int = 0) -> dict:
@@ -1099,25 +598,11 @@ def train_command(config, out, overrides=(), arm=None, max_steps: int = 0) -> di
     return train_arm(out, cfg, S, arm or S.main_arm, max_steps=max_steps)
 
 
-def run_entry_point(train, report) -> int:
-    """What a torchrun entry point returns: 0 after `train()` finished (rank 0 prints `report(result)` as JSON) or
-    was asked to stop (its checkpoint is saved; the job requeues and resumes), 2 with one line on bad input."""
-    try:
-        r = train()
-    except TrainingStopped as e:
-        print(f"cmixtral: {e}", file=sys.stderr)
-        return 0
-    except CmixtralError as e:
-        print(f"cmixtral: error: {e}", file=sys.stderr)
-        return 2
-    if process_rank() == 0:
-        print(json.dumps(report(r)))
-    return 0
-
-
 def main(argv=None) -> int:
-    "torchrun entry point: train one arm of the pretrain stage (default: the main arm) data-parallel."
+    "torchrun entry point: train one arm of the pretrain stage (default: the main arm) data-parallel; or `--prepare`."
     a = make_parser().parse_args(argv)
+    if a.prepare:
+        return run_entry_point(lambda: prepare(a.config, a.out, a.p), lambda r: r)
     return run_entry_point(
         lambda: train_command(a.config, a.out, a.p, a.arm, a.max_steps),
         lambda r: {

@@ -5,7 +5,7 @@
 # %% ../nbs/50_sft.ipynb #48f1ff14
 from __future__ import annotations
 import argparse, glob, json, os, shutil, sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 import torch
 from .core import *
@@ -28,15 +28,15 @@ from cmixtral.checkpoint import (
 )
 from .data import dataset_paths, load_mixture, register_datasets, registry_path
 from .generate import SamplesConfig, generate
-from .pretrain import LoraSettings, TrainSettings, load_qlora_model, plot_train_loss, train_model
-from .pretrain import barrier, main_process_first, process_rank, run_entry_point
-from .pretrain import train_adapter
+from .training import LoraSettings, TrainSettings, collective_timeout, entry_parser, plot_train_loss
+from .training import main_process_first, process_rank, run_entry_point, train_adapter
 
 # %% auto #0
-__all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat', 'encode_example',
-           'chatterbot_records', 'SftSource', 'read_sft_records', 'sft_entry', 'pack_examples', 'encode_sft',
-           'SftConfig', 'sft_model_path', 'sft_base_source', 'sft_dir', 'prepare_sft_base', 'prepare_sft_data',
-           'sft_datasets', 'train_sft', 'make_parser', 'sft_train_command', 'main']
+__all__ = ['SHAREGPT_ROLES', 'TEMPLATES', 'SFT_PROBLEMS', 'record_messages', 'ChatTemplate', 'get_template', 'render_chat',
+           'encode_example', 'chatterbot_records', 'SftSource', 'record_problem', 'sft_source_files',
+           'read_sft_records', 'checked_records', 'sft_entry', 'pack_examples', 'encode_sft', 'SftConfig',
+           'sft_model_path', 'sft_base_source', 'sft_dir', 'prepare_sft_base', 'sft_data_key', 'prepare_sft_data',
+           'sft_datasets', 'train_sft', 'make_parser', 'prepare', 'sft_train_command', 'main']
 
 # %% ../nbs/50_sft.ipynb #9265b70e
 SHAREGPT_ROLES = {
@@ -215,23 +215,72 @@ class SftSource:
     max_records: int = 0  # keep only the first max_records records (0: all)
 
 
-def read_sft_records(src: SftSource) -> list[dict]:
-    "The records of `src`, each checked to have a usable field; the first bad one is an error naming file and line."
+SFT_PROBLEMS = {  # how record_messages' error begins -> the kind of bad record counted
+    "an SFT record must be a JSON object": "not a json object",
+    "no usable field": "no usable field",
+    "a message has an unknown role or empty content": "unknown role or empty message",
+    "no assistant turn": "no assistant turn",
+}
+
+
+def record_problem(rec) -> str | None:
+    "The kind of problem that keeps `rec` from training (a key's value of `SFT_PROBLEMS`), or None for a good record."
+    try:
+        record_messages(rec, "record")
+    except CmixtralError as e:
+        msg = str(e).removeprefix("record: ")
+        return next((k for p, k in SFT_PROBLEMS.items() if msg.startswith(p)), "bad record")
+    return None
+
+
+def sft_source_files(src: SftSource) -> list[str]:
+    "The jsonl files of a `path` source, sorted; an error if none match."
+    pats = src.files or ["*.jsonl"]
+    files = sorted({f for pat in pats for f in glob.glob(str(Path(src.path).expanduser() / pat))})
+    if not files:
+        fail(f"SFT dataset '{src.name}': no files match {pats} under {src.path}")
+    return files
+
+
+def read_sft_records(src: SftSource, counts: dict | None = None, first: dict | None = None) -> list[dict]:
+    """The records of `src`, each checked to have a usable field. Strict without `counts`: the first bad one is an
+    error naming file and line. Lenient with `counts`: bad records (and lines that are not JSON or not UTF-8) are
+    skipped and counted by kind, and `first` gets the place of each kind's first record."""
     if src.source == "chatterbot":
         recs = chatterbot_records(package_file("chatterbot_corpus", f"data/{src.path}"))
     elif src.source == "path":
-        pats = src.files or ["*.jsonl"]
-        files = sorted({f for pat in pats for f in glob.glob(str(Path(src.path).expanduser() / pat))})
-        if not files:
-            fail(f"SFT dataset '{src.name}': no files match {pats} under {src.path}")
         recs = []
-        for f in files:
-            for i, r in enumerate(iter_jsonl(f, key=None), 1):
-                record_messages(r, f"{f}: record {i}")
+        for f in sft_source_files(src):
+            for i, r in enumerate(iter_jsonl(f, key=None, strict=counts is None, counts=counts), 1):
+                if counts is None:
+                    record_messages(r, f"{f}: record {i}")
+                elif kind := record_problem(r):
+                    counts[kind] = counts.get(kind, 0) + 1
+                    (first if first is not None else {}).setdefault(kind, f"{f}: record {i}")
+                    continue
                 recs.append(r)
     else:
         fail(f"unknown SFT source '{src.source}' (use chatterbot or path)")
     return recs[: src.max_records] if src.max_records else recs
+
+
+def checked_records(src: SftSource, max_bad_share: float = 0.01) -> tuple[list[dict], dict]:
+    """The good records of `src` and the bad ones counted by kind, one log line per kind; fails with one line when
+    the bad ones are more than `max_bad_share` of all records, or no record is good."""
+    counts, first = {}, {}
+    recs = read_sft_records(src, counts, first)
+    n_bad = sum(counts.values())
+    for kind, n in sorted(counts.items()):
+        where = f" (first: {first[kind]})" if kind in first else ""
+        get_logger().warning(f"SFT dataset '{src.name}': skipped {n} record(s): {kind}{where}")
+    total = len(recs) + n_bad
+    if not recs or n_bad > max_bad_share * total:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none bad"
+        fail(
+            f"SFT dataset '{src.name}': {len(recs)} good of {total} records ({kinds}); "
+            f"more than sft.max_bad_share = {max_bad_share} of them are bad, or none is good"
+        )
+    return recs, counts
 
 
 def sft_entry(src: SftSource) -> dict:
@@ -322,6 +371,7 @@ class SftConfig:
     max_len: int = 128  # tokens per example; longer ones are cut (and counted)
     block_size: int = 128  # tokens per packed row
     dev_every: int = 10  # every dev_every-th record is dev
+    max_bad_share: float = 0.01  # share of a dataset's records that may be skipped as bad (counted, logged)
     max_dev_blocks: int = 16  # dev blocks evaluated during training (0: all)
     # attention kernel: 'flash_attention_2' (GPUs, the flash-attn package), 'sdpa' or 'eager'
     attn_implementation: str = "sdpa"
@@ -359,10 +409,9 @@ def sft_base_source(run_dir, base: str = "auto") -> tuple[str, Path | None, Path
     if base == "pretrain" and not have:
         fail(f"sft.base is 'pretrain' but stage 'pretrain' has not finished in {run_dir}")
     if have and base in ("auto", "pretrain"):
-        from cmixtral.pretrain import pretrained_paths
-
-        b, a = pretrained_paths(run_dir)
-        return "pretrain", Path(b), Path(a)
+        read_manifest(run_dir, "pretrain")  # its main arm published as pretrain/base + pretrain/adapter
+        d = Path(run_dir) / "pretrain"
+        return "pretrain", d / "base", d / "adapter"
     from cmixtral.embed_init import init_model_path
 
     return "embed_init", init_model_path(run_dir), None
@@ -387,14 +436,36 @@ def prepare_sft_base(run_dir, S: SftConfig) -> dict:
     return {"which": which, "base": out, "model": model, "adapter": adapter}
 
 
-def prepare_sft_data(run_dir, S: SftConfig, tok) -> list[dict]:
-    """Read, split (every `dev_every`-th record is dev) and register the SFT datasets, then encode each split into
-    packed blocks with label masks; one row of counts per split."""
+def sft_data_key(S: SftConfig, tok_dir) -> str:
+    "What the encoded SFT data depends on: the sources (their files' sizes and times), the settings, the tokenizer."
+    stamp = lambda f: [f, os.stat(f).st_size, os.stat(f).st_mtime_ns]
+    key = {
+        "datasets": [
+            {**asdict(s), "stamp": [stamp(f) for f in sft_source_files(s)] if s.source == "path" else None}
+            for s in S.datasets
+        ],
+        "settings": [S.template, S.max_len, S.block_size, S.dev_every, S.max_bad_share],
+        "tokenizer": light_checksum(tok_dir),
+    }
+    return text_hash(json.dumps(key, sort_keys=True, default=str))[:16]
+
+
+def prepare_sft_data(run_dir, S: SftConfig, tok, tok_dir=None) -> list[dict]:
+    """Read and check (`checked_records`), split (every `dev_every`-th record is dev) and register the SFT datasets,
+    then encode each split into packed blocks with label masks; one row of counts per split. With `tok_dir` (the
+    tokenizer's folder) the work is recorded in `sft/data.json` and skipped when done for the same key."""
     rows = []
     entries = {src.name: sft_entry(src) for src in S.datasets}
     reg = register_datasets(registry_path(run_dir), entries)
+    rec_path, key = sft_dir(run_dir) / "data.json", sft_data_key(S, tok_dir) if tok_dir else None
+    done = read_json(rec_path) if key and rec_path.exists() else {}
+    encoded = [dataset_paths(run_dir, s.name, sp, reg)[1] for s in S.datasets for sp in ("train", "dev")]
+    if done.get("key") == key and all(p.exists() for p in encoded):
+        get_logger().info(f"SFT data encoded earlier ({rec_path}): {len(done['rows'])} splits")
+        return done["rows"]
+    skipped = {}
     for src in S.datasets:
-        recs = read_sft_records(src)
+        recs, skipped[src.name] = checked_records(src, S.max_bad_share)
         split = {
             "train": [r for i, r in enumerate(recs) if (i + 1) % S.dev_every],
             "dev": [r for i, r in enumerate(recs) if not (i + 1) % S.dev_every],
@@ -404,6 +475,8 @@ def prepare_sft_data(run_dir, S: SftConfig, tok) -> list[dict]:
             write_jsonl(doc, rr, key=None)
             counts = encode_sft(rr, tok, enc, S.template, S.max_len, S.block_size, f"{src.name}/{sp} ")
             rows.append({"dataset": src.name, "split": sp, **counts})
+    if key:
+        write_json(rec_path, {"key": key, "rows": rows, "skipped": skipped})
     return rows
 
 
@@ -418,7 +491,7 @@ def sft_datasets(run_dir, S: SftConfig, seed: int) -> tuple:
 
 def train_sft(run_dir, S: SftConfig, tok, base, train_ds, eval_ds, max_steps: int = 0) -> tuple:
     "QLoRA SFT on `base` into `sft/adapter` (resumable; reused when finished); returns (model, log history)."
-    T = S.train if not max_steps else TrainSettings(**{**asdict(S.train), "max_steps": max_steps})
+    T = S.train if not max_steps else replace(S.train, max_steps=max_steps)
     d = sft_dir(run_dir)
     return train_adapter(
         base,
@@ -435,30 +508,46 @@ def train_sft(run_dir, S: SftConfig, tok, base, train_ds, eval_ds, max_steps: in
 
 # %% ../nbs/50_sft.ipynb #b0c00acb
 def make_parser() -> argparse.ArgumentParser:
-    "The parser of `python -m cmixtral.sft` (what torchrun runs on every rank)."
-    ap = argparse.ArgumentParser(
-        prog="python -m cmixtral.sft",
-        description="QLoRA supervised fine-tuning (what torchrun runs on every rank)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    "The parser of `python -m cmixtral.sft` (what torchrun runs on every rank; `--prepare`: the CPU step)."
+    return entry_parser(
+        "python -m cmixtral.sft", "QLoRA supervised fine-tuning (what torchrun runs on every rank)"
     )
-    add_config_options(ap)
-    ap.add_argument(
-        "--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: the schedule's)"
-    )
-    return ap
 
 
-def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
-    "Prepare (first process) and train (every process) the SFT adapter of `config` in the run directory `out`."
+def _stage(config, out, overrides=()) -> tuple:
+    "(config, sft section) of `config`, the run directory `out` opened."
     cfg = load_config(config, overrides)
     S = section(cfg, "sft", SftConfig)
     open_run_dir(out, cfg)
-    with main_process_first(S.train.ddp_timeout):  # rank 0 merges the pretraining adapter
-        b = prepare_sft_base(out, S)
-    tok = load_mixtral_tokenizer(b["base"])
-    if process_rank() == 0:
-        prepare_sft_data(out, S, tok)
-    barrier(S.train.ddp_timeout)
+    return cfg, S
+
+
+def prepare(config, out, overrides=()) -> dict:
+    """The stage's host work, for a CPU job ahead of the training job: the base merged (`prepare_sft_base`), the
+    records read, checked and encoded (`prepare_sft_data`); recorded in `sft/prepared.json` and returned."""
+    cfg, S = _stage(config, out, overrides)
+    b = prepare_sft_base(out, S)
+    rows = prepare_sft_data(out, S, load_mixtral_tokenizer(b["base"]), b["base"])
+    rec = {
+        "stage": "sft",
+        "which": b["which"],
+        **{k: str(b[k]) if b[k] is not None else None for k in ("base", "model", "adapter")},
+        "data": rows,
+        "skipped": read_json(sft_dir(out) / "data.json")["skipped"],
+    }
+    write_json(sft_dir(out) / "prepared.json", rec)
+    return rec
+
+
+def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
+    """Train (every process) the SFT adapter of `config` in the run directory `out`, after the base and the data
+    were prepared: by `prepare` in a job before, or here by the first process while the others wait."""
+    cfg, S = _stage(config, out, overrides)
+    with main_process_first(collective_timeout(S.train)):
+        b = prepare_sft_base(out, S)  # done already when the CPU step ran: then only checked
+        tok = load_mixtral_tokenizer(b["base"])
+        if process_rank() == 0:
+            prepare_sft_data(out, S, tok, b["base"])
     seed_everything(cfg.seed)
     train_ds, eval_ds = sft_datasets(out, S, cfg.seed)
     model, log = train_sft(out, S, tok, b["base"], train_ds, eval_ds, max_steps)
@@ -466,8 +555,10 @@ def sft_train_command(config, out, overrides=(), max_steps: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    "torchrun entry point: SFT data-parallel."
+    "torchrun entry point: SFT data-parallel; `--prepare`: the stage's CPU step."
     a = make_parser().parse_args(argv)
+    if a.prepare:
+        return run_entry_point(lambda: prepare(a.config, a.out, a.p), lambda r: r)
     return run_entry_point(
         lambda: sft_train_command(a.config, a.out, a.p, a.max_steps),
         lambda r: {"adapter": str(r["adapter"]), "losses": [x["loss"] for x in r["log"] if "loss" in x]},

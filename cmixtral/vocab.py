@@ -11,10 +11,10 @@ from .core import *
 from .assets import corpus_paths
 
 # %% auto #0
-__all__ = ['VocabConfig', 'is_zh_char', 'is_zh_piece', 'write_training_text', 'char_counts', 'level_coverage', 'spm_options',
-           'spm_single_chars', 'train_spm', 'grid_point_key', 'train_spm_grid', 'alp', 'spm_alp', 'kneedle',
-           'choose_vocab', 'level_gains', 'plot_alp', 'merge_spm', 'save_hf_tokenizer', 'tokens_per_char', 'score_grid',
-           'merged_tokenizer_path']
+__all__ = ['SPM_SECONDS_PER_LINE', 'ALP_SECONDS_PER_DOC', 'VocabConfig', 'is_zh_char', 'is_zh_piece', 'write_training_text',
+           'char_counts', 'level_coverage', 'spm_options', 'spm_single_chars', 'train_spm', 'grid_point_key',
+           'train_spm_grid', 'alp', 'spm_alp', 'kneedle', 'choose_vocab', 'level_gains', 'plot_alp', 'merge_spm',
+           'save_hf_tokenizer', 'tokens_per_char', 'vocab_time_plan', 'score_grid', 'merged_tokenizer_path']
 
 # %% ../nbs/10_vocab.ipynb #ee3a09b1
 @dataclass
@@ -187,8 +187,60 @@ def _train_point(job: dict) -> dict:
     return train_spm(job["text"], model, job["options"], job["seed"])
 
 
-def train_spm_grid(text, out_dir, S: VocabConfig, seed: int = 0, run_dir=None) -> list[dict]:
-    "Train (or reuse) a Chinese BPE model for every (char level, vocab size) of `S`; return one row per grid point."
+def _grid_unit(row: dict) -> str:
+    "The unit name of a grid point."
+    return f"grid-c{row['char_level']}-v{row['zh_vocab_size']}"
+
+
+def _run_pool(jobs: list, workers: int, units: Units | None) -> None:
+    """Train `jobs` ((row, job, key) triples) `workers` at a time, each row updated and recorded as its model
+    finishes; on a stop request submit no more, let the running ones finish and raise `StageStopped`."""
+    todo, running, stopped = iter(jobs), {}, False
+    bar = progress(desc="Chinese BPE grid", total=len(jobs))
+    ctx = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as ex:
+
+        def submit_next():
+            nonlocal stopped
+            item = next(todo, None)
+            if item is None:
+                return
+            if units is not None and stop_requested():
+                stopped = True
+                return
+            running[ex.submit(_train_point, item[1])] = item
+
+        for _ in range(max(1, workers)):
+            submit_next()
+        while running:
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                row, _, key = running.pop(f)
+                try:
+                    row.update(f.result())
+                    if units is not None:
+                        units.finish(_grid_unit(row), _unit_result(row), key)
+                        units.ran.append(_grid_unit(row))
+                except Exception as e:
+                    row["status"] = f"skipped: worker died ({type(e).__name__}: {e})"
+                bar.update(1)
+                if not stopped:
+                    submit_next()
+    bar.close()
+    if stopped:
+        units.check_stop("the next grid model")
+
+
+def _unit_result(row: dict) -> dict:
+    "What a grid point's unit record keeps: how its training went."
+    return {k: row[k] for k in ("status", "seconds", "single_chars") if k in row}
+
+
+def train_spm_grid(
+    text, out_dir, S: VocabConfig, seed: int = 0, run_dir=None, units: Units | None = None
+) -> list[dict]:
+    """Train (or reuse) a Chinese BPE model for every (char level, vocab size) of `S`; return one row per grid point.
+    With `units`, each model is a unit: a finished one (same key, model present) is taken from its record."""
     text, out_dir = Path(text), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir or out_dir)
@@ -211,21 +263,21 @@ def train_spm_grid(text, out_dir, S: VocabConfig, seed: int = 0, run_dir=None) -
                 )
             else:
                 opts = spm_options(S, size, cov)
-                model = out_dir / f"zh_c{level}_v{size}_{grid_point_key(md5, opts, level, seed)}.model"
+                key = grid_point_key(md5, opts, level, seed)
+                model = out_dir / f"zh_c{level}_v{size}_{key}.model"
                 row["model"] = os.path.relpath(model, run_dir)
-                jobs.append(
-                    (row, {"text": str(text), "model_abs": str(model), "options": opts, "seed": seed})
-                )
+                rec = units.done(_grid_unit(row), key) if units is not None else None
+                if rec is not None and (model.exists() or rec["status"].startswith("skipped")):
+                    row.update({k: rec[k] for k in ("status", "seconds", "single_chars") if k in rec})
+                    units.skipped.append(_grid_unit(row))
+                else:
+                    job = {"text": str(text), "model_abs": str(model), "options": opts, "seed": seed}
+                    jobs.append((row, job, key))
             rows.append(row)
-    ctx = multiprocessing.get_context("fork")
-    with cf.ProcessPoolExecutor(max_workers=max(1, S.workers), mp_context=ctx) as ex:
-        futs = {ex.submit(_train_point, job): row for row, job in jobs}
-        for f in progress(cf.as_completed(futs), "Chinese BPE grid", total=len(futs)):
-            row = futs[f]
-            try:
-                row.update(f.result())
-            except Exception as e:
-                row["status"] = f"skipped: worker died ({type(e).__name__}: {e})"
+    try:
+        _run_pool(jobs, S.workers, units)
+    finally:
+        for row in rows:
             if row["status"].startswith("skipped"):
                 row["model"] = ""
     return rows
@@ -384,19 +436,111 @@ def tokens_per_char(tok, texts: list[str]) -> dict:
         fail("tokens_per_char needs non-empty texts")
     return {"tokens": n_tok, "chars": n_chars, "tokens_per_char": n_tok / n_chars}
 
-# %% ../nbs/10_vocab.ipynb #0807a40d
-def score_grid(rows: list[dict], run_dir, alp_texts: list[str], base_model) -> "pd.DataFrame":
-    "The grid as a DataFrame with ALP and the number of pieces a merge would add, for every trained point."
-    import pandas as pd, tempfile
+# %% ../nbs/10_vocab.ipynb #70cab5a2
+# Rates for a run that has measured none yet: the micro config's grid (972 training lines, 2,500 to 5,000 pieces,
+# one thread per model) and its ALP scoring (200 documents), on a 2-core CPU.
+SPM_SECONDS_PER_LINE = 1.3e-4  # SentencePiece BPE training, seconds per training line per model
+ALP_SECONDS_PER_DOC = 1e-4  # ALP and merge count, seconds per ALP document per model
 
-    for r in rows:
+
+def _count_lines(path) -> int:
+    "Lines of the file `path`."
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _unit_records(folder, prefix: str) -> list[dict]:
+    "The unit records under `folder` whose names start with `prefix`."
+    return [read_json(p) for p in sorted(Path(folder).glob(f"{prefix}*.json"))]
+
+
+def vocab_time_plan(cfg, run_dir=None) -> list[dict]:
+    """How long the vocab stage's units take: one row per kind of unit (stage, unit, n_units, seconds_per_unit,
+    seconds, assumption), from rates measured in `run_dir` if it has any, else from stated rates."""
+    S = section(cfg, "vocab", VocabConfig)
+    n, w = len(S.char_levels) * len(S.zh_vocab_sizes), max(1, S.workers)
+    units = Path(run_dir or "/nonexistent") / "vocab" / "units"
+    text = Path(run_dir or "/nonexistent") / "vocab" / "zh_train.txt"
+    trained = [r["seconds"] for r in _unit_records(units, "grid-") if r.get("status") == "trained"]
+    if trained:
+        spu, why = (
+            sum(trained) / len(trained),
+            f"measured: mean of {len(trained)} trained grid models in this run",
+        )
+    else:
+        lines = S.input_sentence_size or (_count_lines(text) if text.exists() else 0)
+        spu = SPM_SECONDS_PER_LINE * lines
+        why = (
+            f"estimated: {SPM_SECONDS_PER_LINE:g} s per training line per model (micro run, one thread) "
+            f"x {lines:,} lines" + ("" if lines else " (training text not written yet: unknown)")
+        )
+    rows = [
+        {
+            "stage": "vocab",
+            "unit": "grid model (SentencePiece BPE)",
+            "n_units": n,
+            "seconds_per_unit": spu,
+            "seconds": spu * math.ceil(n / w),
+            "assumption": f"{why}; {w} at a time",
+        }
+    ]
+    scored = [r["alp_seconds"] for r in _unit_records(units, "alp-")]
+    if scored:
+        spu, why = (
+            sum(scored) / len(scored),
+            f"measured: mean of {len(scored)} scored grid models in this run",
+        )
+    else:
+        spu = ALP_SECONDS_PER_DOC * S.alp_max_docs
+        why = (
+            f"estimated: {ALP_SECONDS_PER_DOC:g} s per ALP document per model (micro run) "
+            f"x {S.alp_max_docs:,} documents"
+        )
+    rows.append(
+        {
+            "stage": "vocab",
+            "unit": "ALP of a grid model",
+            "n_units": n,
+            "seconds_per_unit": spu,
+            "seconds": spu * n,
+            "assumption": f"{why}; one at a time",
+        }
+    )
+    return rows
+
+# %% ../nbs/10_vocab.ipynb #0807a40d
+def _alp_point(path, alp_texts: list[str], base_model) -> dict:
+    "ALP of one grid model and the number of pieces a merge into `base_model` would add."
+    import tempfile
+
+    t = time.time()
+    a = spm_alp(path, alp_texts)
+    with tempfile.TemporaryDirectory() as d:
+        added = merge_spm(base_model, path, Path(d) / "m.model")["added_pieces"]
+    return {"alp": a, "added_pieces": added, "alp_seconds": round(time.time() - t, 3)}
+
+
+def score_grid(
+    rows: list[dict], run_dir, alp_texts: list[str], base_model, units: Units | None = None
+) -> "pd.DataFrame":
+    """The grid as a DataFrame with ALP and the number of pieces a merge would add, for every trained point (with
+    `units`, each point's score is a unit)."""
+    import pandas as pd
+
+    texts_key = text_hash(json.dumps(alp_texts, ensure_ascii=False))
+    base_key = file_hash(base_model)
+    for r in progress(rows, "ALP"):
         r.update(alp=float("nan"), added_pieces=None)
         if not r["model"]:
             continue
         path = Path(run_dir) / r["model"]
-        r["alp"] = spm_alp(path, alp_texts)
-        with tempfile.TemporaryDirectory() as d:
-            r["added_pieces"] = merge_spm(base_model, path, Path(d) / "m.model")["added_pieces"]
+        if units is None:
+            rec = _alp_point(path, alp_texts, base_model)
+        else:
+            key = text_hash(json.dumps([r["model"], texts_key, base_key]))[:10]
+            name = f"alp-c{r['char_level']}-v{r['zh_vocab_size']}"
+            rec = units.run(name, lambda p=path: _alp_point(p, alp_texts, base_model), key)
+        r["alp"], r["added_pieces"] = rec["alp"], rec["added_pieces"]
     cols = [
         "char_level",
         "zh_vocab_size",

@@ -32,6 +32,7 @@ _steps = "steps between evaluations, checkpoints and log lines: an epoch of the 
 _gpu = "the machine's GPUs: the one-node SLURM of the tests has none"
 _time = "the machine's time limits: the rehearsal's jobs take minutes"
 _cpus = "the machine's cores per job: the one-node SLURM of the tests has 2"
+_mem = "the machine's memory per job: 0, the node's, as the one-node SLURM of the tests has a few GB"
 
 ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, reason, the rehearsal's value)
     "name": (NAME, "the config's own name"),
@@ -86,9 +87,11 @@ ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, re
     "pretrain.quant.compute_dtype": (DTYPE, "bitsandbytes' CPU kernels compute in float32"),
     "pretrain.lora.r": (COUNT, "LoRA's rank, for a hidden size of 32 (alpha keeps alpha / r)"),
     "pretrain.lora.alpha": (COUNT, "LoRA's alpha, with r (alpha / r is the full config's)"),
-    "pretrain.train.grad_accum": (PARALLEL, "blocks accumulated per rank and step: 2, still accumulating"),
+    "pretrain.train.batch_size": (COUNT, "blocks per rank and micro-step (no accumulation, as in the full config): 2 x 2 "
+                                    "CPU ranks keeps an epoch of the fixture's data a few dozen steps"),
     "pretrain.train.eval_steps": (COUNT, _steps),
-    "pretrain.train.save_steps": (COUNT, _steps),
+    "pretrain.train.max_lost_minutes": (COUNT, "the work a crash may lose, which sets the steps between checkpoints: "
+                                    "3 min / 45 s = 4 steps at the full config's step time"),
     "pretrain.train.logging_steps": (COUNT, _steps),
     # sft
     "sft.max_len": (COUNT, _block),
@@ -101,15 +104,17 @@ ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, re
     "sft.attn_implementation": (KERNEL, "flash-attn builds only with CUDA"),
     "sft.lora.r": (COUNT, "LoRA's rank, for a hidden size of 32 (alpha keeps alpha / r)"),
     "sft.lora.alpha": (COUNT, "LoRA's alpha, with r (alpha / r is the full config's)"),
-    "sft.train.grad_accum": (PARALLEL, "blocks accumulated per rank and step: 2, still accumulating"),
+    "sft.train.batch_size": (COUNT, "blocks per rank and micro-step (no accumulation, as in the full config): 2 x 2 "
+                                    "CPU ranks keeps an epoch of the fixture's data a few dozen steps"),
     "sft.train.eval_steps": (COUNT, _steps),
-    "sft.train.save_steps": (COUNT, _steps),
+    "sft.train.max_lost_minutes": (COUNT, "the work a crash may lose, which sets the steps between checkpoints: "
+                                    "2 min / 45 s = 2 steps at the full config's step time"),
     "sft.train.logging_steps": (COUNT, _steps),
     "sft.samples.prompts": (SUBSET, "generation samples: one plain and one [INST] prompt"),
     "sft.samples.max_new_tokens": (COUNT, "tokens sampled per prompt"),
     # cluster
     "cluster.slurm.job_name": (MACHINE, "the job names, so that the rehearsal's jobs are told apart"),
-    "cluster.slurm.partition": (MACHINE, "the machine's partition (the default one here)"),
+    "cluster.gpu": (MACHINE, "the GPU stages run on CPUs here (no job books a GPU): " + _gpu),
     "cluster.slurm.nodes": (MACHINE, "the one-node SLURM of the tests: multi-node rendezvous runs only on a cluster"),
     "cluster.slurm.gpus_per_node": (MACHINE, _gpu),
     "cluster.slurm.procs_per_node": (MACHINE, "0 is one torchrun rank per GPU, and the rehearsal has no GPUs: "
@@ -121,6 +126,15 @@ ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, re
     "cluster.stages.*.gpus_per_node": (MACHINE, _gpu),
     "cluster.stages.*.cpus_per_task": (MACHINE, _cpus),
     "cluster.stages.*.time": (MACHINE, _time),
+    "cluster.stages.*.mem": (MACHINE, _mem),
+    "cluster.stages.*.prepare.mem": (MACHINE, _mem),
+    "cluster.stages.*.prepare.time": (MACHINE, _time),
+    "cluster.stages.*.release.gpus_per_node": (MACHINE, _gpu),
+    "cluster.stages.*.release.cpus_per_task": (MACHINE, _cpus),
+    "cluster.stages.*.release.time": (MACHINE, _time),
+    "cluster.host.cpus_per_task": (MACHINE, _cpus),
+    "cluster.host.mem": (MACHINE, _mem),
+    "cluster.host.time": (MACHINE, _time),
     # memory
     "memory.vocab_size": (COUNT, "the extended vocabulary the plan is computed for"),
     "memory.gpu_gb": (COUNT, "the GPU memory the plan is checked against"),

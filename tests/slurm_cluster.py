@@ -9,6 +9,12 @@ if it is killed outright.
     with SlurmCluster() as c:
         job = c.submit(script, "--output=/tmp/x-%j.out")
         c.wait(job, "COMPLETED")
+
+The node is in two partitions, `cpu` (the default) and `gpu`, as a cluster's CPU and GPU nodes are, and declares
+`gpus` GPUs (gres `gpu`, whose device files are links to /dev/null): a job that asks for GPUs is accepted and
+booked as on a GPU cluster, and must never run (submit it held). `declared=True` makes slurmd take the node's
+CPUs and memory from the configuration instead of the machine (`SlurmdParameters=config_overrides`), so that a
+full-scale job's request (128 CPUs, a node's memory) is accepted and booked, held, on this machine.
 """
 import atexit, ctypes, os, shutil, signal, socket, subprocess, tempfile, time
 from datetime import datetime
@@ -93,9 +99,13 @@ class SlurmCluster:
     def __init__(self,
                  kill_wait:int=2,   # seconds from SIGTERM to SIGKILL when a job ends (SLURM's default: 30)
                  cpus:int|None=None,  # CPUs of the node (default: os.cpu_count(), what slurmd finds)
-                 start_timeout:float=60):
+                 start_timeout:float=60,
+                 gpus:int=8,        # GPUs (gres gpu) the node declares; jobs that ask for them must be held
+                 memory_mb:int|None=None,  # the node's memory (default: what slurmd measures)
+                 declared:bool=False):  # trust the configured CPUs and memory over the machine's
         self.kill_wait = kill_wait
         self.cpus = cpus or os.cpu_count()
+        self.gpus, self.memory_mb, self.declared = gpus, memory_mb, declared
         self.start_timeout = start_timeout
         self.host = socket.gethostname().split(".")[0]
         self.dir = None
@@ -238,10 +248,20 @@ class SlurmCluster:
             "JobCompType=jobcomp/none",
             f"KillWait={self.kill_wait}",
             "MinJobAge=3600",                              # keep finished jobs visible to scontrol for an hour
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self._real_memory()}"
-            " State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
+            f"RealMemory={self.memory_mb or self._real_memory()}" + (f" Gres=gpu:{self.gpus}" if self.gpus else "")
+            + " State=UNKNOWN",
+            f"PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+            f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
         ]
+        if self.gpus:                                      # device files that exist: links to /dev/null
+            (d/"dev").mkdir()
+            for i in range(self.gpus):
+                (d/"dev"/f"gpu{i}").symlink_to("/dev/null")
+            _write(d/"gres.conf", f"AutoDetect=off\nName=gpu File={d/'dev'}/gpu[0-{self.gpus - 1}]\n")
+            lines.append("GresTypes=gpu")
+        if self.declared:
+            lines.append("SlurmdParameters=config_overrides")
         conf = d/"slurm.conf"
         _write(conf, "\n".join(lines) + "\n")
         return conf
@@ -258,7 +278,7 @@ class SlurmCluster:
         deadline = time.monotonic() + self.start_timeout
         while True:
             r = self.run("sinfo", "-h", "-N", "-o", "%t", check=False)
-            if r.returncode == 0 and r.stdout.strip() == "idle":
+            if r.returncode == 0 and set(r.stdout.split()) == {"idle"}:   # one line per partition
                 return
             dead = [n for n in ("munged", "slurmctld", "slurmd") if not self.alive(n)]
             if dead or time.monotonic() > deadline:

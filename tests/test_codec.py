@@ -1,6 +1,7 @@
 "Integration tests of the codec stage: real tokenizers (Mixtral's, llama.cpp's GGUF vocabularies, Tekken) on small real text."
 import shutil
 from pathlib import Path
+import pandas as pd
 import pytest
 from cmixtral.core import *
 from cmixtral.assets import AssetSpec, fetch_asset, package_file
@@ -83,3 +84,27 @@ def test_bad_text_files_are_clear_errors(tmp_path):
         read_text_file(tmp_path/"gbk.txt")
     with pytest.raises(CmixtralError, match=r"text file .*missing.txt not found"):
         read_text_file(tmp_path/"missing.txt")
+
+
+def test_a_table_stopped_after_its_first_unit_and_rerun_gives_the_uninterrupted_table(mixtral, tmp_path, monkeypatch):
+    "A stop request between tokenizers, then a second attempt: the table of an uninterrupted run (timings aside)."
+    ours = hf_codec(load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1")), "ours", source="ours")
+    codecs = [mixtral, ours, tekken_codec("tekken_240911.json", "Tekken")]
+    slices = {"zh-a": ("zh", ZH[:1]), "zh-b": ("zh", ZH[1:]), "en": ("en", EN)}
+    ref = codec_table(codecs, slices, units=Units(tmp_path/"ref", "codec"))
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path/"stop"))
+
+    class StopAfterFirst(Units):
+        def finish(self, *a, **k):
+            (tmp_path/"stop").touch()
+            return super().finish(*a, **k)
+
+    first = StopAfterFirst(tmp_path/"run", "codec")
+    with pytest.raises(StageStopped, match="stage codec: asked to stop before measure-ours; 1 unit"):
+        codec_table(codecs, slices, units=first)
+    (tmp_path/"stop").unlink()
+    again = Units(tmp_path/"run", "codec")
+    got = codec_table(codecs, slices, units=again)
+    assert (again.skipped, again.ran) == (["measure-Mixtral"], ["measure-ours", "measure-Tekken"])
+    assert (got.ids_differ_from_base.dropna() == 0).all() and got.ids_differ_from_base.notna().any()
+    pd.testing.assert_frame_equal(got.drop(columns="mb_per_s"), ref.drop(columns="mb_per_s"))

@@ -129,3 +129,34 @@ def test_bad_input_names_file_and_row(run_dir, tmp_path):
     small = build_tiny_mixtral(SPEC, vocab_size=1000); small.save_pretrained(tmp_path/"small")
     with pytest.raises(CmixtralError, match=r"the tokenizer has 32000 tokens but the model only 1000 embedding rows"):
         load_model({**find_models(run_dir, ["base"])[0], "model": str(tmp_path/"small")})
+
+def test_models_as_units_one_load_each_same_tables_after_a_stop(run_dir, tmp_path, monkeypatch):
+    "Each model loaded once for every measure; a stop after the first model and a rerun give the uninterrupted tables."
+    import cmixtral.evaluate as ev
+    from cmixtral.core import STOP_FILE_ENV, StageStopped, Units
+    from cmixtral.generate import SamplesConfig
+    S = EvalConfig(tasks=["hellaswag"], num_fewshot=2, batch_size=4, max_length=512, bpc_chars=400, routing_chars=200,
+                   block_size=64, samples=SamplesConfig(prompts=["我喜欢北京，因为", "The history of"], max_new_tokens=4))
+    generate_task_data(run_dir, tmp_path/"data", dev_items=3, eval_items=3, max_chars=30)
+    names = write_task_yamls(tmp_path/"data", tmp_path/"tasks", S.tasks, S.num_fewshot)
+    models = find_models(run_dir, ["base", "init"])
+    loads, load = [], ev.load_model
+    monkeypatch.setattr(ev, "load_model", lambda spec, *a: (loads.append(spec["name"]), load(spec, *a))[1])
+    run = lambda out: ev.eval_tables(ev.evaluate_models(run_dir, models, S, names, tmp_path/"tasks", tmp_path/out/"eval"), names)
+    whole = run("whole")
+    assert loads == ["base", "init"]                                   # one load per model serves every measure
+    stop, finish = tmp_path/"stop", Units.finish
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop))
+    monkeypatch.setattr(Units, "finish", lambda self, *a, **k: (finish(self, *a, **k), stop.write_text("USR1"))[0])
+    with pytest.raises(StageStopped, match="stage eval: asked to stop before init; 1 unit"):
+        run("cut")
+    monkeypatch.setattr(Units, "finish", finish); stop.unlink(); loads.clear()
+    cut = run("cut")
+    assert loads == ["init"]                                           # the finished model is not loaded again
+    for k in ("benchmarks", "bpc", "routing"):
+        pd.testing.assert_frame_equal(cut[k], whole[k], check_exact=True)
+    assert cut["samples"] == whole["samples"] and cut["examples"] == whole["examples"]
+    assert set(whole["bpc"].index) == {"base", "init"} and len(whole["routing"]) == 2 * 2 * 2 * 8
+    from cmixtral.core import load_config
+    plan = {r["unit"]: r for r in ev.eval_time_plan(load_config(str(Path(__file__).parent.parent/"configs"/"micro.yaml")), tmp_path/"whole")}
+    assert plan["base: bpc"]["assumption"] == "measured: eval/units/base.json" and "est." in plan["sft: bpc"]["assumption"]

@@ -34,7 +34,7 @@ SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}     # 606M tokens, 4
 UNITS = {"", "x", "s", "ms", "h", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", *SCALE}
 # A number right after a package's name is its version: transformers 4.57, Python 3.11.
 PACKAGES = re.compile(r"(?:python|transformers|torch|pytorch|peft|bitsandbytes|tokenizers|sentencepiece|datasets"
-                      r"|lm-eval|lm_eval|pip|deepspeed|nbdev|accelerate|trl|numpy|pandas|cuda|matplotlib|license)\s*(?:>=|==|<)?\s*$", re.I)
+                      r"|lm-eval|lm_eval|pip|deepspeed|nbdev|accelerate|trl|numpy|pandas|cuda|matplotlib|license|slurm)\s*(?:>=|==|<)?\s*$", re.I)
 # A number in an output: thousands separators or not, signs, exponents.
 OUTPUT_NUMBER = re.compile(r"\d{1,3}(?:,\d{3}(?!\d))+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+")
 

@@ -13,9 +13,11 @@ from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file, rea
 from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.core import write_jsonl
 from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
-from cmixtral.pretrain import (PretrainConfig, TrainSettings, arm_data, check_inputs, check_qlora, load_qlora_model, main,
-                               mixture_texts, prepare_arm_model, qlora_report, train_model, trainable_groups,
-                               TrainingStopped, STOP_FILE_ENV, last_checkpoint, train_adapter, trainer_class)
+from cmixtral.core import STOP_FILE_ENV
+from cmixtral.pretrain import (PretrainConfig, arm_data, check_inputs, check_qlora, main, mixture_texts, prepare_arm_model,
+                               qlora_report, trainable_groups)
+from cmixtral.training import (TrainSettings, TrainingStopped, last_checkpoint, load_qlora_model, train_adapter, train_model,
+                               trainer_class)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECES = ["中国", "人民", "我们", "经济", "发展", "非常", "不错", "酒店", "房间", "服务"]
@@ -171,10 +173,10 @@ def test_resume_continues_the_same_curve(resume_case, tmp_path):
 
 def test_a_restart_from_step_0_is_not_taken_for_a_resume(resume_case, tmp_path, monkeypatch):
     "A second attempt that ignores checkpoint-K and trains 1..N again logs the reference's curve: only the attempts tell."
-    import cmixtral.pretrain as pretrain
+    import cmixtral.training as training
     init, S, tok, d, ref, _ = resume_case
     stopped_log(lambda: _train(init, S, tok, d, tmp_path, stop_after=K))
-    monkeypatch.setattr(pretrain, "check_resume", lambda *a, **kw: None)    # the checkpoint is not looked for
+    monkeypatch.setattr(training, "check_resume", lambda *a, **kw: None)    # the checkpoint is not looked for
     got = _train(init, S, tok, d, tmp_path)
     a, b = log_losses(got["log"]), log_losses(ref["log"])
     assert sorted(a) == sorted(b) == list(range(1, N + 1)) and all(abs(a[s] - b[s]) <= LOSS_TOL for s in a)   # the curve alone is fooled
@@ -215,7 +217,7 @@ def test_deepspeed_attempts_record_the_engine_their_config_asks_for(run, tmp_pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29700 + os.getpid() % 1000),
            "-m", "cmixtral.pretrain", "--config", str(ROOT/"configs"/"micro.yaml"), "--out", str(out), "--arm", "mean", "--max-steps", "2",
            *[x for o in (f"pretrain.mixture={MIX}", "pretrain.train_chars=3000", "pretrain.block_size=32", "pretrain.train.report_to=none",
-                         "pretrain.train.logging_steps=1", f"pretrain.train.deepspeed={ds}") for x in ("-p", o)]]
+                         "pretrain.train.logging_steps=1", f"pretrain.train.deepspeed={ds}", "pretrain.train.optim=adamw_torch_fused") for x in ("-p", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CMIXTRAL_QUIET": "1", "DS_ACCELERATOR": "cpu"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -267,7 +269,7 @@ def test_a_checkpoint_is_renamed_only_when_complete(run, tmp_path):
     tok, d = _data(run, init)
     S = _S(max_steps=2)
     S.train.save_steps = 1
-    from cmixtral.pretrain import training_args, collate_blocks
+    from cmixtral.training import training_args, collate_blocks
     class Dies(trainer_class()):
         def _save_rng_state(self, output_dir):
             if self.state.global_step == 2:

@@ -232,7 +232,8 @@ def rehearsal(slurm, storage, tmp_path_factory):
     try:
         jobs = {r["stage"]: r["job_id"] for r in submit_chain(REHEARSAL, run, overrides=rehearsal_overrides(storage))}
         wait_for(slurm, jobs, "pretrain", "RUNNING", timeout=1200)
-        first = f"checkpoint-{yaml.safe_load(REHEARSAL.read_text())['pretrain']['train']['save_steps']}"
+        from cmixtral.training import TrainSettings, save_interval    # save_steps 0: from max_lost_minutes
+        first = f"checkpoint-{save_interval(TrainSettings(**yaml.safe_load(REHEARSAL.read_text())['pretrain']['train']))}"
         until((run/"pretrain"/"arms"/"mean"/"trainer"/first).exists, 300, "pretraining's first checkpoint")
         slurm.signal_batch(jobs["pretrain"], "USR1")
         rec = wait_for(slurm, jobs, "pretrain", "PENDING", timeout=300)
@@ -246,8 +247,10 @@ def rehearsal(slurm, storage, tmp_path_factory):
 
 def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehearsal, slurm):
     run, jobs, _ = rehearsal
-    for stage, job in jobs.items():
-        assert slurm.job(job)["JobState"] == "COMPLETED", stage
+    assert {"pretrain-release", "sft-release"} <= set(jobs)   # a torchrun stage's jobs: [prepare,] train, release
+    for name, job in jobs.items():
+        assert slurm.job(job)["JobState"] == "COMPLETED", name
+        stage = re.sub(r"-(prepare|release)$", "", name)
         m = read_json(run/stage/"manifest.json")
         assert m["stage"] == stage and m["config_name"] == "rehearsal"
         assert (run/"notebooks"/Path(m["pipeline"]["notebook"]).name).exists()

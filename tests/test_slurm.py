@@ -185,7 +185,7 @@ def test_a_second_cluster_runs_beside_and_stops_cleanly(slurm, tmp_path):
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()          # stopped and reaped
     # the session's cluster is untouched
-    assert slurm.run("sinfo", "-h", "-N", "-o", "%t").stdout.strip() == "idle"
+    assert slurm.run("sinfo", "-h", "-N", "-o", "%t").stdout.split() == ["idle", "idle"]   # in cpu and gpu
 
 
 KEEP_ALIVE = """

@@ -109,3 +109,48 @@ def test_a_failed_step_fails_the_job_with_its_status(slurm, tmp_path):
     rec = slurm.wait(job, "FAILED")
     assert rec["ExitCode"] == "3:0" and rec["Restarts"] == "0"
     assert "failing" in slurm.log(job) and "requeueing" not in slurm.log(job)
+
+
+def test_a_failed_job_cancels_the_rest_of_the_chain_and_status_says_why(slurm, tmp_path, capsys):
+    "assets fails in its first line (exit 3); SLURM cancels vocab and data (--kill-on-invalid-dep=yes): nothing waits."
+    run = tmp_path/"run"
+    assert main(["submit", "--config", str(MICRO), "--out", str(run), "--stages", "assets,vocab,data",
+                 "-p", 'cluster.stages.assets.setup=["exit 3"]']) == 0
+    capsys.readouterr()
+    first, *rest = (int(j["job_id"]) for j in json.loads((run/"slurm"/"jobs.json").read_text())["jobs"])
+    slurm.wait(first, "FAILED")
+    for job in rest:
+        rec = slurm.wait(job, "CANCELLED", timeout=30)
+        assert rec["Reason"] == "DependencyNeverSatisfied", rec
+    assert main(["status", str(run)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [l.split()[:3] for l in out[1:4]] == [["assets", str(first), "FAILED"], ["vocab", str(rest[0]), "CANCELLED"],
+                                                 ["data", str(rest[1]), "CANCELLED"]]
+    assert "cancelled: dependency failed" in out[2] and "cancelled: dependency failed" in out[3]
+    assert out[-1] == (f"stage assets (job {first}) ended FAILED, exit code 3:0 (NonZeroExitCode); "
+                       "2 later job(s) cancelled: dependency failed")
+    assert not slurm.run("squeue", "-h", "-o", "%i").stdout.split()      # no job of the chain left pending
+
+
+def test_the_full_config_books_gpus_only_for_the_gpu_stages(tmp_path, monkeypatch):
+    """`submit` of configs/mixtral-8x7b.yaml on a SLURM whose one node declares a GPU node's resources (128 CPUs,
+    2 TB, 8 GPUs as gres; tests/slurm_cluster.py), drained so that no job runs: each job's partition and GPUs as SLURM booked
+    them. The config's four training nodes become one (-p cluster.slurm.nodes=1): the test SLURM has one node."""
+    from slurm_cluster import SlurmCluster
+    from cmixtral.cluster import STAGE_GPU_WORK
+    with SlurmCluster(cpus=128, memory_mb=2_000_000, gpus=8, declared=True) as big:
+        monkeypatch.setenv("SLURM_CONF", str(big.conf))
+        big.run("scontrol", "update", f"nodename={big.host}", "state=drain", "reason=bookings only")  # none runs
+        jobs = submit_chain(ROOT/"configs/mixtral-8x7b.yaml", tmp_path/"run", overrides=["cluster.slurm.nodes=1"])
+        recs = {j["stage"]: big.job(j["job_id"]) for j in jobs}
+    booked = {name: (r["Partition"], r.get("TresPerNode") or "", r["NumNodes"].split("-")[0]) for name, r in recs.items()}
+    assert all(r["JobState"] == "PENDING" for r in recs.values()), {n: (r["JobState"], r["Reason"]) for n, r in recs.items()}
+    names = [j["stage"] for j in jobs]
+    assert names[:4] == ["assets", "vocab", "embed_init", "data"] and names[-2:] == ["eval", "codec"]
+    for name in names:
+        stage, _, part = name.partition("-")
+        gpu = bool(STAGE_GPU_WORK[stage]) and part != "prepare"
+        assert booked[name] == (("gpu", "gres:gpu:8", "1") if gpu else ("cpu", "", "1")), (name, booked[name])
+    assert {"pretrain-release", "sft", "sft-release"} <= set(names)
+    assert booked["vocab"] == ("cpu", "", "1") and "cpu=128" in recs["vocab"]["TRES"]
+    assert "mem=64G" in recs["codec"]["TRES"] and "mem=256G" in recs["data"]["TRES"]

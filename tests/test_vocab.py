@@ -1,11 +1,11 @@
 "The vocab stage's invariants on real tokenizers: a small Chinese BPE merged into Mixtral's real tokenizer.model."
-import json, math, sysconfig
+import json, math, os, sysconfig
 from pathlib import Path
 import pandas as pd
 import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
-from cmixtral.core import CmixtralError
+from cmixtral.core import CmixtralError, STOP_FILE_ENV, StageStopped, Units
 from cmixtral.assets import package_file, strip_pku_tags
 from cmixtral.vocab import *
 
@@ -118,3 +118,36 @@ def test_alp_by_hand_and_choice():
                          "model": ["m"] * 10})
     chosen, knees = choose_vocab(grid)
     assert (chosen["char_level"], chosen["zh_vocab_size"]) == (2, 2) and knees[1]["zh_vocab_size"] == 2
+
+class StopAfterFirstUnit(Units):
+    "Units whose first finished unit is followed by a stop request, as if SLURM's warning arrived then."
+    def finish(self, name, record, key=""):
+        rec = super().finish(name, record, key)
+        Path(os.environ[STOP_FILE_ENV]).touch()
+        return rec
+
+def test_a_grid_stopped_after_its_first_unit_and_rerun_gives_the_uninterrupted_outputs(merged, tmp_path, monkeypatch):
+    S = VocabConfig(char_levels=[2000], zh_vocab_sizes=[2500, 3000, 3500], workers=2)
+    def grid(run, units):
+        rows = train_spm_grid(merged["text"], run/"spm", S, run_dir=run, units=units)
+        return score_grid(rows, run, merged["alp_docs"][:50], MIXTRAL, units)
+    ref = grid(tmp_path/"ref", Units(tmp_path/"ref"/"units", "vocab"))
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path/"stop"))
+    first = StopAfterFirstUnit(tmp_path/"run"/"units", "vocab")
+    with pytest.raises(StageStopped, match="stage vocab: asked to stop before the next grid model"):
+        grid(tmp_path/"run", first)
+    assert sorted(first.ran) == ["grid-c2000-v2500", "grid-c2000-v3000"]        # the running model finished, no third began
+    assert len(list((tmp_path/"run"/"spm").glob("*.model"))) == 2
+    (tmp_path/"stop").unlink()
+    again = Units(tmp_path/"run"/"units", "vocab")
+    got = grid(tmp_path/"run", again)
+    assert sorted(again.skipped) == sorted(first.ran) and again.ran == ["grid-c2000-v3500"] + [f"alp-c2000-v{v}" for v in S.zh_vocab_sizes]
+    pd.testing.assert_frame_equal(got, ref.assign(seconds=got.seconds))       # all but the timings
+    pieces = lambda p: [(x.piece, x.score, x.type) for x in _proto(p).pieces]
+    for m in ref.model:                                                         # the same pieces (the files differ only in the paths they name)
+        assert pieces(tmp_path/"run"/m) == pieces(tmp_path/"ref"/m)
+
+def _proto(path):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    m = pb.ModelProto(); m.ParseFromString(Path(path).read_bytes())
+    return m

@@ -14,7 +14,8 @@ __all__ = ['STAGE_GPU_WORK', 'RELEASE_GPU_WORK', 'JOB_PARTS', 'JOB_DONE', 'PREFL
            'format_table', 'local_paths', 'check_paths', 'check_heldout', 'needed_packages', 'check_packages',
            'hub_repos', 'hub_offline', 'hub_access', 'check_hub', 'flash_attention_wanted', 'check_cuda', 'node_check',
            'check_deepspeed', 'slurm_hours', 'gpu_hours', 'gpu_use_problem', 'check_stage_jobs', 'check_memory',
-           'disk_plan', 'check_disk', 'preflight']
+           'mem_gb', 'check_host_memory', 'stage_time_plans', 'check_time_plans', 'disk_plan', 'check_disk',
+           'preflight']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
 import dataclasses, json, os, re, shlex, shutil, subprocess, sys, time
@@ -1142,37 +1143,40 @@ def check_stage_jobs(cfg: Config, nbs=None) -> list[dict]:
     return rows + [_row("gpu-hours", True, f"the chain books {total:,.0f} GPU-hours at its time limits{cpu}")]
 
 
+def _resolved_memory(cfg: Config):
+    "The memory section resolved against the pretrain section and the pretrain job, and the base's MixtralConfig."
+    from cmixtral.assets import AssetsConfig, tiny_mixtral_config
+    from cmixtral.memory import MemoryConfig, resolve_memory
+
+    S = stage_slurm(cfg, "pretrain")
+    M = resolve_memory(
+        section(cfg, "memory", MemoryConfig), cfg.get("pretrain", {}), dataclasses.asdict(S), project_root()
+    )
+    return M, tiny_mixtral_config(section(cfg, "assets", AssetsConfig).base_model)
+
+
 def check_memory(cfg: Config) -> list[dict]:
     """The peak memory per GPU of a pretraining step and of every other stage whose job books GPUs (the plans of
-    nbs/81_memory) against `memory.gpu_gb`; host-memory plans are shown, not checked (`--mem` is per node)."""
-    from cmixtral.assets import AssetsConfig, tiny_mixtral_config
-    from cmixtral.memory import MemoryConfig, qlora_memory, resolve_memory, stage_memory
+    nbs/81_memory) against `memory.gpu_gb` under the plan's margin (`memory.MARGIN`)."""
+    from cmixtral.memory import MARGIN, fits, plan_peak, qlora_memory, replace_vocab, stage_memory
 
     try:
-        S = stage_slurm(cfg, "pretrain")
-        if not S.gpus_per_node:
+        if not stage_slurm(cfg, "pretrain").gpus_per_node:
             return [_row("memory", True, "skipped: the pretrain job books no GPU (gpus_per_node: 0)")]
         if "memory" not in cfg:
             return [_row("memory", True, "skipped: the config has no memory section")]
-        M = resolve_memory(
-            section(cfg, "memory", MemoryConfig),
-            cfg.get("pretrain", {}),
-            dataclasses.asdict(S),
-            project_root(),
-        )
-        base = section(cfg, "assets", AssetsConfig).base_model
-        total = float(qlora_memory(tiny_mixtral_config(base, M.vocab_size), M).GB.sum())
-        stages = [
-            t for t in stage_memory(dict(cfg), M, tiny_mixtral_config(base)) if t["stage"] != "pretrain"
-        ]
+        M, base = _resolved_memory(cfg)
+        peak, phase = plan_peak(qlora_memory(replace_vocab(base, M.vocab_size), M))
+        stages = [t for t in stage_memory(dict(cfg), M, base) if t["stage"] != "pretrain"]
     except CmixtralError as e:
         return [_row("memory", False, str(e))]
-    setup = f"ZeRO-{M.zero_stage} over {M.world_size} GPUs, batch {M.batch_size} x {M.block_size}"
+    limit = f"{MARGIN:.0%} of memory.gpu_gb {M.gpu_gb:g} = {MARGIN * M.gpu_gb:.1f} GB"
+    setup = f"ZeRO-{M.zero_stage} over {M.world_size} GPUs, micro-batch {M.batch_size} x {M.block_size}"
     rows = [
         _row(
             "memory",
-            total <= M.gpu_gb,
-            f"pretrain step {total:.1f} GB per GPU ({setup}), memory.gpu_gb {M.gpu_gb:g}",
+            fits(peak, M.gpu_gb),
+            f"pretrain step {peak:.1f} GB per GPU at {phase} ({setup}); {limit}",
         )
     ]
     for t in stages:
@@ -1181,9 +1185,97 @@ def check_memory(cfg: Config) -> list[dict]:
                 _row(f"memory {t['stage']}", True, f"{t['total_gb']:.1f} GB of {t['unit']} ({t['what']})")
             )
         elif stage_slurm(cfg, t["stage"]).gpus_per_node:
-            ok = t["total_gb"] <= M.gpu_gb
-            detail = f"{t['total_gb']:.1f} GB per GPU ({t['what']}), memory.gpu_gb {M.gpu_gb:g}"
-            rows.append(_row(f"memory {t['stage']}", ok, detail))
+            detail = f"{t['total_gb']:.1f} GB per GPU ({t['what']}); {limit}"
+            rows.append(_row(f"memory {t['stage']}", fits(t["total_gb"], M.gpu_gb), detail))
+    return rows
+
+
+def mem_gb(mem: str) -> float:
+    "A SLURM `--mem` value in GB ('128G', '800000M', '2T'; a bare number is MB); 0 books the whole node."
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)B?", str(mem).strip(), re.I)
+    if not m:
+        fail(f"memory '{mem}' is not a SLURM --mem value (e.g. 128G)")
+    scale = {"K": 1e-6, "M": 1e-3, "": 1e-3, "G": 1.0, "T": 1e3}[m.group(2).upper()]
+    return float(m.group(1)) * scale
+
+
+def check_host_memory(cfg: Config, nbs=None) -> list[dict]:
+    """Host RAM per node of the steps that hold model-sized data on the host (`memory.host_plan`: loading the 4-bit
+    model, a checkpoint save, the merges) against the memory their job books: its `mem`, or `memory.node_gb` for a job
+    that books the whole node (`mem: 0`)."""
+    from cmixtral.memory import MARGIN, host_plan
+
+    if "memory" not in cfg or not section(cfg, "cluster", ClusterConfig).gpu:
+        return [
+            _row(
+                "host memory", True, "skipped: no memory section, or the GPU stages run on CPUs (cluster.gpu)"
+            )
+        ]
+    try:
+        M, base = _resolved_memory(cfg)
+        jobs = {(j["stage"], j["part"] or "train"): j for j in chain_jobs(cfg, ["pretrain", "sft"], nbs)}
+        rows = []
+        for r in host_plan(dict(cfg), M, base):
+            j = jobs.get((r["stage"], r["job"]))
+            if j is None:
+                continue
+            name, mem = j["job"], mem_gb(j["S"].mem)
+            have, src = (mem, f"--mem {j['S'].mem}") if mem else (M.node_gb, f"memory.node_gb {M.node_gb:g}")
+            if not have:
+                rows.append(
+                    _row(
+                        f"host {name}",
+                        False,
+                        f"{r['host_gb']:.1f} GB per node ({r['what']}): the job "
+                        "books the whole node (mem: 0) and memory.node_gb does not say its RAM",
+                    )
+                )
+                continue
+            ok = r["host_gb"] <= MARGIN * have
+            rows.append(
+                _row(
+                    f"host {name}",
+                    ok,
+                    f"{r['host_gb']:.1f} GB per node ({r['what']}); "
+                    f"{MARGIN:.0%} of {src} = {MARGIN * have:.0f} GB",
+                )
+            )
+        return rows
+    except CmixtralError as e:
+        return [_row("host memory", False, str(e))]
+
+
+def stage_time_plans(cfg: Config, run_dir=None) -> dict[str, list[dict]]:
+    "The time plans of the stages that have one (vocab, codec, eval): {stage: rows of the plan}."
+    from cmixtral.codec import codec_time_plan
+    from cmixtral.evaluate import eval_time_plan
+    from cmixtral.vocab import vocab_time_plan
+
+    return {
+        "vocab": vocab_time_plan(cfg, run_dir),
+        "codec": codec_time_plan(cfg, run_dir),
+        "eval": eval_time_plan(cfg, run_dir),
+    }
+
+
+def check_time_plans(cfg: Config, run_dir=None, nbs=None) -> list[dict]:
+    """Each stage's time plan (its units at measured or stated rates) against its job's time limit. Eval's stated rates
+    are a GPU's: where the GPU stages run on CPUs (`cluster.gpu: false`) its plan is shown, not checked."""
+    rows = []
+    try:
+        plans = stage_time_plans(cfg, run_dir)
+    except CmixtralError as e:
+        return [_row("time", False, str(e))]
+    for stage, plan in plans.items():
+        need = sum(r["seconds"] for r in plan) / 3600
+        limit = slurm_hours(stage_slurm(cfg, stage, nbs).time)
+        what = f"{need:.2f} h planned ({len(plan)} kind(s) of unit), time limit {limit:.2f} h"
+        if stage == "eval" and not section(cfg, "cluster", ClusterConfig).gpu:
+            rows.append(
+                _row(f"time {stage}", True, f"{what}: not checked, GPU rates on CPUs (cluster.gpu false)")
+            )
+        else:
+            rows.append(_row(f"time {stage}", need <= limit, what))
     return rows
 
 # %% ../nbs/80_cluster.ipynb #d278b926
@@ -1266,7 +1358,7 @@ def check_disk(cfg: Config, run_dir) -> list[dict]:
 
 def preflight(config, out=None, overrides=(), nbs=None) -> list[dict]:
     """Checks before booking (paths, held-out text, packages, hub access, DeepSpeed, jobs and their GPU-hours, GPU
-    memory, disk): rows of check, ok, detail."""
+    memory, host memory, time plans, disk): rows of check, ok, detail."""
     cfg = load_config(config, overrides, heldout=False)  # an overlap is a row of the table, not an error
     run_dir = Path(out or f"runs/{cfg.name}")
     return (
@@ -1277,5 +1369,7 @@ def preflight(config, out=None, overrides=(), nbs=None) -> list[dict]:
         + check_deepspeed(cfg)
         + check_stage_jobs(cfg, nbs)
         + check_memory(cfg)
+        + check_host_memory(cfg, nbs)
+        + check_time_plans(cfg, run_dir, nbs)
         + check_disk(cfg, run_dir)
     )

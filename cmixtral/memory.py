@@ -33,6 +33,7 @@ class MemoryConfig:
         None  # DeepSpeed's data_types.grad_accum_dtype, fp32 or bf16 (None: the DeepSpeed file's)
     )
     gpu_gb: float = 80.0
+    node_gb: float = 0.0  # host RAM of one node, for jobs that book all of it (mem: 0); 0: not known
     gradient_checkpointing: bool = True
     reduce_bucket_size: int | None = (
         None  # ZeRO-2's gradient buckets, elements (None: hidden x hidden, HF's "auto")

@@ -138,6 +138,7 @@ ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, re
     # memory
     "memory.vocab_size": (COUNT, "the extended vocabulary the plan is computed for"),
     "memory.gpu_gb": (COUNT, "the GPU memory the plan is checked against"),
+    "memory.node_gb": (MACHINE, "the host RAM of a node: the test machine's"),
 }
 
 RATIOS = [("pretrain.lora.alpha", "pretrain.lora.r"), ("sft.lora.alpha", "sft.lora.r")]

@@ -1,4 +1,4 @@
-import os, sys
+import os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -29,3 +29,12 @@ def tok():
     from cmixtral.assets import package_file
     from cmixtral.checkpoint import load_mixtral_tokenizer
     return load_mixtral_tokenizer(package_file("mistral_common", "data/tokenizer.model.v1"))
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, cache):
+    "The micro config's whole pipeline, run once by the `cmixtral` console script: (run directory, the process)."
+    out = tmp_path_factory.mktemp("runs")/"micro"
+    r = subprocess.run(["cmixtral", "pipeline", "--config", str(ROOT/"configs"/"micro.yaml"), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r

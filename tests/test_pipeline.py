@@ -11,13 +11,6 @@ MICRO = ROOT/"configs"/"micro.yaml"
 def cmixtral(*args, cwd=ROOT):
     return subprocess.run(["cmixtral", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("runs")/"micro"
-    r = cmixtral("pipeline", "--config", MICRO, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r
-
 def test_every_stage_runs_and_writes_its_manifest(micro_run):
     out, r = micro_run
     for stage in list_stages():

@@ -303,7 +303,10 @@ def grid_tokens_per_char(
             if units is None:
                 rec = one(r.model, d)
             else:
-                name, key = f"grid-c{r.char_level}-v{r.zh_vocab_size}", text_hash(r.model + docs_key)[:10]
+                name, key = (
+                    f"grid-c{r.char_level}-v{r.zh_vocab_size}",
+                    text_hash(r.model + file_hash(Path(run_dir) / r.model) + docs_key)[:10],
+                )
                 rec = units.run(name, lambda m=r.model: one(m, d), key)
             tpc.append(rec["tokens"] / chars)
     g["merged_size"] = 32000 + g.added_pieces.astype(int)
@@ -625,7 +628,7 @@ def load_codec(spec: TokenizerSpec, run_dir, cache, S: CodecConfig) -> Codec:
 
 # %% ../nbs/70_codec.ipynb #c0dec5a4
 # Rates for a run that has measured none yet, each with where it comes from.
-# encode and decode check, one tokenizer: the tiny run's slowest encoder (2.3 MB/s, Mixtral on English) halved
+# encode and decode check, one tokenizer: the tiny run's slowest encoder (2.2 MB/s, Qwen2 on English) halved
 MEASURE_MB_PER_S = 1.0
 GRID_MB_PER_S = (
     1.0  # merge and SentencePiece encode of one grid model: taken equal to MEASURE_MB_PER_S (not measured)

@@ -1052,8 +1052,9 @@ TOKENS_PER_ITEM = {
 GPU_RATES = {  # assumed until a run measures them
     "tokens_per_s": (
         3000,
-        "forward tokens/s of Mixtral-8x7B as one device_map pipeline (one GPU busy at a time): 2 x 12.9B active "
-        "parameters per token (Mixtral paper) at 25% of an A100's 312 bf16 TFLOPS (NVIDIA datasheet), est.",
+        "forward tokens/s of Mixtral-8x7B as one device_map pipeline (one GPU busy at a time): 2 x 12.9B "
+        "active parameters per token (Mistral AI's post) at 25% of an A100's 312 bf16 TFLOPS (NVIDIA "
+        "datasheet), est.",
     ),
     "load_bytes_per_s": (1e9, "safetensors read at 1 GB/s from shared storage, est."),
     "step_s": (

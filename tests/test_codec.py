@@ -108,3 +108,22 @@ def test_a_table_stopped_after_its_first_unit_and_rerun_gives_the_uninterrupted_
     assert (again.skipped, again.ran) == (["measure-Mixtral"], ["measure-ours", "measure-Tekken"])
     assert (got.ids_differ_from_base.dropna() == 0).all() and got.ids_differ_from_base.notna().any()
     pd.testing.assert_frame_equal(got.drop(columns="mb_per_s"), ref.drop(columns="mb_per_s"))
+
+def test_a_grid_unit_is_measured_again_when_its_model_file_changes(micro_run, tmp_path):
+    "A grid model's unit is keyed by its file's checksum too: a vocabulary rerun that writes other models to the same paths is measured anew."
+    run = tmp_path/"run"
+    for part in ("vocab", "assets/tokenizer"):
+        shutil.copytree(micro_run[0]/part, run/part)
+    shutil.copy(micro_run[0]/"assets"/"manifest.json", run/"assets"/"manifest.json")
+    shutil.copy(micro_run[0]/"run.json", run/"run.json")
+    docs = ZH * 20
+    first = grid_tokens_per_char(run, docs, "merged", Units(tmp_path/"units", "codec"))
+    a, b = first.model.iloc[0], first.model.iloc[-1]
+    assert first.tokens_per_char.iloc[0] != first.tokens_per_char.iloc[-1]
+    tmp = run/"swap.model"                                       # the two models' files change places
+    shutil.move(run/a, tmp); shutil.move(run/b, run/a); shutil.move(tmp, run/b)
+    U = Units(tmp_path/"units", "codec")
+    again = grid_tokens_per_char(run, docs, "merged", U)
+    assert len(U.ran) == 2 and len(U.skipped) == len(first) - 2, (U.ran, U.skipped)
+    assert again.tokens_per_char.iloc[0] == first.tokens_per_char.iloc[-1]
+    assert again.tokens_per_char.iloc[-1] == first.tokens_per_char.iloc[0]

@@ -11,10 +11,11 @@ from .core import *
 from .assets import corpus_paths
 
 # %% auto #0
-__all__ = ['SPM_SECONDS_PER_LINE', 'ALP_SECONDS_PER_DOC', 'VocabConfig', 'is_zh_char', 'is_zh_piece', 'write_training_text',
-           'char_counts', 'level_coverage', 'spm_options', 'spm_single_chars', 'train_spm', 'grid_point_key',
-           'train_spm_grid', 'alp', 'spm_alp', 'kneedle', 'choose_vocab', 'level_gains', 'plot_alp', 'merge_spm',
-           'save_hf_tokenizer', 'tokens_per_char', 'vocab_time_plan', 'score_grid', 'merged_tokenizer_path']
+__all__ = ['SPM_SECONDS_PER_LINE', 'ALP_SECONDS_PER_DOC', 'ARRAY_PLAN_UNIT', 'VocabConfig', 'is_zh_char', 'is_zh_piece',
+           'write_training_text', 'char_counts', 'level_coverage', 'spm_options', 'spm_single_chars', 'train_spm',
+           'grid_point_key', 'train_spm_grid', 'alp', 'spm_alp', 'kneedle', 'choose_vocab', 'level_gains', 'plot_alp',
+           'merge_spm', 'save_hf_tokenizer', 'tokens_per_char', 'vocab_time_plan', 'array_units', 'run_share',
+           'score_grid', 'merged_tokenizer_path']
 
 # %% ../nbs/10_vocab.ipynb #ee3a09b1
 @dataclass
@@ -237,10 +238,11 @@ def _unit_result(row: dict) -> dict:
 
 
 def train_spm_grid(
-    text, out_dir, S: VocabConfig, seed: int = 0, run_dir=None, units: Units | None = None
+    text, out_dir, S: VocabConfig, seed: int = 0, run_dir=None, units: Units | None = None, only=None
 ) -> list[dict]:
     """Train (or reuse) a Chinese BPE model for every (char level, vocab size) of `S`; return one row per grid point.
-    With `units`, each model is a unit: a finished one (same key, model present) is taken from its record."""
+    With `units`, each model is a unit: a finished one (same key, model present) is taken from its record. With `only`
+    (unit names), just those grid points (a share of the grid)."""
     text, out_dir = Path(text), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir or out_dir)
@@ -251,6 +253,8 @@ def train_spm_grid(
         cov = level_coverage(counts, level)
         for size in S.zh_vocab_sizes:
             row = {"char_level": level, "zh_vocab_size": size, "coverage": cov, "model": "", "status": ""}
+            if only is not None and _grid_unit(row) not in only:
+                continue
             if cov is None:
                 row["status"] = (
                     f"skipped: level {level} is beyond the text's {len(counts)} distinct characters"
@@ -441,6 +445,9 @@ def tokens_per_char(tok, texts: list[str]) -> dict:
 # one thread per model) and its ALP scoring (200 documents), on a 2-core CPU.
 SPM_SECONDS_PER_LINE = 1.3e-4  # SentencePiece BPE training, seconds per training line per model
 ALP_SECONDS_PER_DOC = 1e-4  # ALP and merge count, seconds per ALP document per model
+ARRAY_PLAN_UNIT = (
+    "grid model (SentencePiece BPE)"  # the kind of unit of the time plan that an array's shares do
+)
 
 
 def _count_lines(path) -> int:
@@ -477,7 +484,7 @@ def vocab_time_plan(cfg, run_dir=None) -> list[dict]:
     rows = [
         {
             "stage": "vocab",
-            "unit": "grid model (SentencePiece BPE)",
+            "unit": ARRAY_PLAN_UNIT,
             "n_units": n,
             "seconds_per_unit": spu,
             "seconds": spu * math.ceil(n / w),
@@ -507,6 +514,47 @@ def vocab_time_plan(cfg, run_dir=None) -> list[dict]:
         }
     )
     return rows
+
+# %% ../nbs/10_vocab.ipynb #a7d1c002
+def array_units(cfg, run_dir=None) -> list[str]:
+    """The units an array task can do without the others: one grid model per (char level, vocab size) whose size
+    leaves room for merges, in grid order. (A level the text cannot reach is found, and reported as skipped, by the
+    share that holds it.)"""
+    S = section(cfg, "vocab", VocabConfig)
+    return [
+        _grid_unit({"char_level": c, "zh_vocab_size": v})
+        for c in S.char_levels
+        for v in S.zh_vocab_sizes
+        if v > c
+    ]
+
+
+def run_share(config, out, overrides=(), index: int = 0, count: int = 1) -> dict:
+    """Train share `index` of `count` of the grid (the `array_units` at positions `index`, `index + count`, ...),
+    each model recorded as the stage's unit, stopping between models when asked; first the training text if it is
+    missing or older than its sources (atomically). Returns what the share did."""
+    if not 0 <= index < count:
+        fail(
+            f"share {index}/{count}: the share's index must be at least 0 and below the number of shares {count}"
+        )
+    cfg = load_config(config, overrides)
+    S = section(cfg, "vocab", VocabConfig)
+    run_dir = open_run_dir(out, cfg)
+    mine = [u for i, u in enumerate(array_units(cfg, run_dir)) if i % count == index]
+    d = stage_dir(run_dir, "vocab")
+    sources, text = corpus_paths(run_dir, "zh", "train"), d / "zh_train.txt"
+    if not text.exists() or any(p.stat().st_mtime > text.stat().st_mtime for p in sources):
+        write_training_text(sources, text, S.alp_every, S.alp_max_docs)
+    units = Units(d / "units", "vocab")
+    rows = train_spm_grid(text, d / "spm", S, cfg.seed, run_dir, units, only=set(mine))
+    return {
+        "stage": "vocab",
+        "share": f"{index}/{count}",
+        "units": mine,
+        "ran": units.ran,
+        "skipped": units.skipped,
+        "statuses": {_grid_unit(r): r["status"] for r in rows},
+    }
 
 # %% ../nbs/10_vocab.ipynb #0807a40d
 def _alp_point(path, alp_texts: list[str], base_model) -> dict:

@@ -247,10 +247,10 @@ def rehearsal(slurm, storage, tmp_path_factory):
 
 def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehearsal, slurm):
     run, jobs, _ = rehearsal
-    assert {"pretrain-release", "sft-release"} <= set(jobs)   # a torchrun stage's jobs: [prepare,] train, release
+    assert {"pretrain-release", "sft-release", "vocab-array"} <= set(jobs)   # [prepare,] train, release; the grid's array
     for name, job in jobs.items():
         assert slurm.job(job)["JobState"] == "COMPLETED", name
-        stage = re.sub(r"-(prepare|release)$", "", name)
+        stage = re.sub(r"-(prepare|release|array)$", "", name)
         m = read_json(run/stage/"manifest.json")
         assert m["stage"] == stage and m["config_name"] == "rehearsal"
         assert (run/"notebooks"/Path(m["pipeline"]["notebook"]).name).exists()

@@ -1,0 +1,88 @@
+"""The vocabulary grid as a SLURM job array on the one-node SLURM (tests/slurm_cluster.py): `cmixtral submit` writes the
+stage as `vocab-array` (3 tasks, 2 at once, each training its share of a 6-model grid of the micro config) and the
+`vocab` job after it. One task is cancelled before it starts, so SLURM cancels the stage's job (its dependency can no
+longer be met); the chain submitted again skips the finished shares' models and gives the grid and the merged
+tokenizer of an uninterrupted run in this process."""
+import os, shutil, time
+from datetime import datetime
+from pathlib import Path
+import pandas as pd
+from cmixtral.cluster import chain_status, submit_chain
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = ROOT/"configs/micro.yaml"
+GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3500,5000]",          # 2 levels x 3 sizes: 6 models
+        "cluster.stages.vocab.cpus_per_task=1", "cluster.stages.vocab.array=2", "cluster.stages.vocab.array_tasks=3"]
+
+
+def pieces(path):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    m = pb.ModelProto(); m.ParseFromString(Path(path).read_bytes())
+    return [(p.piece, p.score, p.type) for p in m.pieces]
+
+
+def uninterrupted(run, out) -> tuple[pd.DataFrame, list]:
+    "The vocab stage's grid and merged pieces computed in one go, in this process, from `run`'s assets, into `out`."
+    from cmixtral.assets import base_tokenizer_path, corpus_paths
+    from cmixtral.core import load_config, section
+    from cmixtral.vocab import VocabConfig, choose_vocab, merge_spm, score_grid, train_spm_grid, write_training_text
+    cfg = load_config(MICRO, GRID); S = section(cfg, "vocab", VocabConfig)
+    text, alp_docs = write_training_text(corpus_paths(run, "zh", "train"), out/"zh_train.txt", S.alp_every, S.alp_max_docs)
+    rows = train_spm_grid(text, out/"vocab"/"spm", S, cfg.seed, out)
+    base = base_tokenizer_path(run)/"tokenizer.model"
+    grid = score_grid(rows, out, alp_docs, base)
+    grid.to_csv(out/"grid.csv", index=False)
+    chosen, _ = choose_vocab(grid, S.min_added)
+    merge_spm(base, out/chosen["model"], out/"merged.model")
+    return pd.read_csv(out/"grid.csv"), pieces(out/"merged.model")
+
+
+def settled(slurm, job, timeout=120) -> list[dict]:
+    "Wait until every task (or the job) has ended; the records."
+    deadline = time.monotonic() + timeout
+    while True:
+        out = slurm.run("scontrol", "show", "job", "-o", job).stdout
+        recs = [slurm.job(l.split()[0].split("=")[1]) for l in out.splitlines() if l.strip()]
+        if all(r["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for r in recs):
+            return recs
+        assert time.monotonic() < deadline, [(r["JobId"], r["JobState"]) for r in recs]
+        time.sleep(0.1)
+
+
+def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterrupted_grid(slurm, micro_run, tmp_path, monkeypatch):
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv("PATH", slurm.env["PATH"])
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("CMIXTRAL_QUIET", "1")
+    run = tmp_path/"run"                                                       # the micro run's assets stage, copied
+    shutil.copytree(micro_run[0]/"assets", run/"assets"); shutil.copy(micro_run[0]/"run.json", run/"run.json")
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "vocab", GRID)}
+    assert list(jobs) == ["vocab-array", "vocab"]
+    array = jobs["vocab-array"]
+    slurm.run("scancel", f"{array}_2")                                        # the third task, held back by %2
+    settled(slurm, array)
+    rec = slurm.wait(int(jobs["vocab"]), "CANCELLED", timeout=60)             # its dependency can no longer be met
+    assert rec["Reason"].startswith("Dependency"), rec
+    units = run/"vocab"/"units"
+    first = {p.name: p.stat().st_mtime_ns for p in units.glob("grid-*.json")}
+    assert len(first) == 4 and not (run/"vocab"/"manifest.json").exists(), sorted(first)   # tasks 0 and 1: 2 models each
+    assert any(r["state"] == "CANCELLED" for r in chain_status(run))
+
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "vocab", GRID)}   # the chain again
+    rec = slurm.wait(int(jobs["vocab"]), "COMPLETED", timeout=180)
+    assert rec["ExitCode"] == "0:0", slurm.log(int(jobs["vocab"]))[-3000:]
+    assert all(r["JobState"] == "COMPLETED" for r in settled(slurm, jobs["vocab-array"]))
+    again = {p.name: p.stat().st_mtime_ns for p in units.glob("grid-*.json")}
+    assert len(again) == 6 and all(again[k] == v for k, v in first.items())  # finished shares were not redone
+    start = datetime.fromisoformat(rec["StartTime"]).timestamp()              # the notebook trained no model itself
+    assert all(t / 1e9 < start + 2 for t in again.values()), (start, again)
+    logs = sorted((run/"slurm").glob("*vocab-array-*_*.out"))
+    assert len(logs) == 5, logs                                                # a log per task: 2 + 3
+    grid, merged = uninterrupted(run, tmp_path/"ref")
+    got = pd.read_csv(run/"vocab"/"grid.csv")
+    assert (got.status == "trained").sum() == 6
+    pd.testing.assert_frame_equal(got.drop(columns="seconds"), grid.drop(columns="seconds"))
+    assert pieces(run/"vocab"/"merged.model") == merged
+    assert [r["state"] for r in chain_status(run)] == ["COMPLETED", "COMPLETED"]

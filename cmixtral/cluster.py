@@ -718,7 +718,9 @@ def share_main(argv=None) -> int:
     ap.add_argument("--stage", required=True, help="the stage whose units to share (e.g. vocab)")
     add_config_options(ap)
     a = ap.parse_args(argv)
-    try:
+    from cmixtral.training import run_entry_point
+
+    def share():
         m = re.fullmatch(r"(\d+)/(\d+)", a.share.strip())
         if not m:
             fail(f"--share must be I/N (share I, from 0, of N), got '{a.share}'")
@@ -726,15 +728,9 @@ def share_main(argv=None) -> int:
         mod = importlib.import_module(f"cmixtral.{stage_module(list_stages()[stage])}")
         if not callable(getattr(mod, "run_share", None)):
             fail(f"stage '{stage}' ({mod.__name__}) has no run_share(): its units cannot be shared")
-        r = mod.run_share(a.config, a.out, a.p, int(m.group(1)), int(m.group(2)))
-    except StageStopped as e:
-        print(f"cmixtral: {e}", file=sys.stderr)
-        return 0
-    except CmixtralError as e:
-        print(f"cmixtral: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(r, default=str))
-    return 0
+        return mod.run_share(a.config, a.out, a.p, int(m.group(1)), int(m.group(2)))
+
+    return run_entry_point(share, lambda r: r)
 
 # %% ../nbs/80_cluster.ipynb #bd75acbb
 JOB_DONE = {

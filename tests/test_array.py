@@ -9,32 +9,12 @@ from pathlib import Path
 import pandas as pd
 from cmixtral.cluster import chain_status, submit_chain
 
+from vocab_reference import pieces, uninterrupted
+
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = ROOT/"configs/micro.yaml"
 GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3500,5000]",          # 2 levels x 3 sizes: 6 models
         "cluster.stages.vocab.cpus_per_task=1", "cluster.stages.vocab.array=2", "cluster.stages.vocab.array_tasks=3"]
-
-
-def pieces(path):
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    m = pb.ModelProto(); m.ParseFromString(Path(path).read_bytes())
-    return [(p.piece, p.score, p.type) for p in m.pieces]
-
-
-def uninterrupted(run, out) -> tuple[pd.DataFrame, list]:
-    "The vocab stage's grid and merged pieces computed in one go, in this process, from `run`'s assets, into `out`."
-    from cmixtral.assets import base_tokenizer_path, corpus_paths
-    from cmixtral.core import load_config, section
-    from cmixtral.vocab import VocabConfig, choose_vocab, merge_spm, score_grid, train_spm_grid, write_training_text
-    cfg = load_config(MICRO, GRID); S = section(cfg, "vocab", VocabConfig)
-    text, alp_docs = write_training_text(corpus_paths(run, "zh", "train"), out/"zh_train.txt", S.alp_every, S.alp_max_docs)
-    rows = train_spm_grid(text, out/"vocab"/"spm", S, cfg.seed, out)
-    base = base_tokenizer_path(run)/"tokenizer.model"
-    grid = score_grid(rows, out, alp_docs, base)
-    grid.to_csv(out/"grid.csv", index=False)
-    chosen, _ = choose_vocab(grid, S.min_added)
-    merge_spm(base, out/chosen["model"], out/"merged.model")
-    return pd.read_csv(out/"grid.csv"), pieces(out/"merged.model")
 
 
 def settled(slurm, job, timeout=120) -> list[dict]:
@@ -80,7 +60,7 @@ def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterr
     assert all(t / 1e9 < start + 2 for t in again.values()), (start, again)
     logs = sorted((run/"slurm").glob("*vocab-array-*_*.out"))
     assert len(logs) == 5, logs                                                # a log per task: 2 + 3
-    grid, merged = uninterrupted(run, tmp_path/"ref")
+    grid, merged = uninterrupted(MICRO, GRID, run, tmp_path/"ref")
     got = pd.read_csv(run/"vocab"/"grid.csv")
     assert (got.status == "trained").sum() == 6
     pd.testing.assert_frame_equal(got.drop(columns="seconds"), grid.drop(columns="seconds"))

@@ -8,32 +8,12 @@ import pandas as pd
 import pytest
 from cmixtral.cluster import write_sbatch
 
+from vocab_reference import pieces, uninterrupted
+
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = ROOT/"configs/micro.yaml"
 # more grid models, one at a time, so that the warning lands while units remain
 GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3000,3500,4000,4500,5000,6000]"]
-
-
-def pieces(path):
-    from sentencepiece import sentencepiece_model_pb2 as pb
-    m = pb.ModelProto(); m.ParseFromString(Path(path).read_bytes())
-    return [(p.piece, p.score, p.type) for p in m.pieces]
-
-
-def uninterrupted(run, out) -> tuple[pd.DataFrame, list]:
-    "The vocab stage's grid and merged pieces computed in one go, in this process, from `run`'s assets, into `out`."
-    from cmixtral.assets import base_tokenizer_path, corpus_paths
-    from cmixtral.core import load_config, section
-    from cmixtral.vocab import VocabConfig, choose_vocab, merge_spm, score_grid, train_spm_grid, write_training_text
-    cfg = load_config(MICRO, GRID); S = section(cfg, "vocab", VocabConfig)
-    text, alp_docs = write_training_text(corpus_paths(run, "zh", "train"), out/"zh_train.txt", S.alp_every, S.alp_max_docs)
-    rows = train_spm_grid(text, out/"vocab"/"spm", S, cfg.seed, out)
-    base = base_tokenizer_path(run)/"tokenizer.model"
-    grid = score_grid(rows, out, alp_docs, base)
-    grid.to_csv(out/"grid.csv", index=False)
-    chosen, _ = choose_vocab(grid, S.min_added)
-    merge_spm(base, out/chosen["model"], out/"merged.model")
-    return pd.read_csv(out/"grid.csv"), pieces(out/"merged.model")
 
 
 def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm, micro_run, tmp_path, monkeypatch):
@@ -59,7 +39,7 @@ def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm
     log = slurm.log(job)
     assert "StageStopped: stage vocab: asked to stop before" in log and "stage vocab stopped at a checkpoint" in log, log[-3000:]
     assert first < {p.name for p in units.glob("*.json")}
-    grid, merged = uninterrupted(run, tmp_path/"ref")
+    grid, merged = uninterrupted(MICRO, GRID, run, tmp_path/"ref")
     got = pd.read_csv(run/"vocab"/"grid.csv")
     assert (got.status == "trained").sum() == 14
     pd.testing.assert_frame_equal(got.drop(columns="seconds"), grid.drop(columns="seconds"))

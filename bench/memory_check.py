@@ -327,7 +327,7 @@ def measure(a, model_dir) -> dict:
     "Every CPU-measurable item of one QLoRA step of the saved bench model, in bytes."
     import bitsandbytes as bnb
 
-    from cmixtral.pretrain import load_qlora_model
+    from cmixtral.training import load_qlora_model
 
     P = pretrain_settings(a.config, model_dir)
     model = load_qlora_model(model_dir, P, gradient_checkpointing=True)

@@ -37,7 +37,8 @@ def one(setup, model_dir, batch, block, steps, seed=0):
     import torch
     from cmixtral.assets import load_mixtral_tokenizer, load_texts
     from cmixtral.checkpoint import QuantSettings, load_model
-    from cmixtral.pretrain import PretrainConfig, load_qlora_model
+    from cmixtral.pretrain import PretrainConfig
+    from cmixtral.training import load_qlora_model
 
     torch.manual_seed(seed)
     tok = load_mixtral_tokenizer(Path(model_dir) / "tokenizer.model")
@@ -162,7 +163,8 @@ def micro_batches(a):
     import pandas as pd
     import torch
     from cmixtral.core import load_config, section
-    from cmixtral.pretrain import PretrainConfig, load_qlora_model
+    from cmixtral.pretrain import PretrainConfig
+    from cmixtral.training import load_qlora_model
 
     micros = [int(m) for m in a.micro_batches.split(",")]
     bad = [m for m in micros if a.global_batch % m]

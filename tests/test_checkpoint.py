@@ -7,7 +7,8 @@ from cmixtral.core import CmixtralError, read_json
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file
 from cmixtral.checkpoint import *
 from cmixtral.evaluate import EvalConfig, eval_quant, lm_eval_model, load_model as eval_load_model
-from cmixtral.pretrain import PretrainConfig, load_qlora_model
+from cmixtral.pretrain import PretrainConfig
+from cmixtral.training import load_qlora_model
 
 SPEC = BaseModelSpec(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 

@@ -8,7 +8,8 @@ from cmixtral.assets import BaseModelSpec, package_file, prepare_base_model
 from cmixtral.checkpoint import QuantSettings, load_model, quantisation_device
 from cmixtral.embed_init import NEEDS_MODEL, init_rows
 from cmixtral.evaluate import load_model as eval_load_model
-from cmixtral.pretrain import PretrainConfig, load_qlora_model
+from cmixtral.pretrain import PretrainConfig
+from cmixtral.training import load_qlora_model
 
 HUB_ID = "mistralai/Mixtral-8x7B-v0.1"  # never fetched: the load stops at from_pretrained
 

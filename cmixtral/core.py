@@ -17,8 +17,9 @@ __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_R
            'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
            'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps',
            'load_config', 'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file',
-           'hub_files', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done',
-           'read_manifest', 'StageRun', 'stop_requested', 'StageStopped', 'Units', 'seed_everything']
+           'hub_files', 'hub_cached', 'hub_listing', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir',
+           'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'stop_requested', 'StageStopped', 'Units',
+           'check_share', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -606,20 +607,18 @@ def _hub_error(e: Exception) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def hub_files(
-    repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None, exclude=()
-) -> list[Path]:
-    """The files of hub repo `repo_id` matching glob `patterns` but none of `exclude`, fetched file by file into
-    the Hugging Face cache (offline: found there); each pattern's files sorted, every pattern required to match."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import filter_repo_objects
+def _as_list(v) -> list:
+    return [v] if isinstance(v, str) else list(v or [])
 
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+
+def _hub_snapshot(repo_id: str, patterns: list, repo_type: str, revision, exclude: list) -> Path:
+    "The cached snapshot folder of `repo_id` after fetching the files matching `patterns` (offline: as cached)."
+    from huggingface_hub import snapshot_download
+
     if not patterns:
         fail(f"hub {repo_type} {repo_id}: no file patterns given")
     try:
-        snap = Path(
+        return Path(
             snapshot_download(
                 repo_id,
                 repo_type=repo_type,
@@ -634,18 +633,76 @@ def hub_files(
     ) as e:  # huggingface_hub's errors (offline, not found, gated, HTTP) derive from these
         offline = " (HF_HUB_OFFLINE is set and it is not in the cache)" if _hub_offline() else ""
         fail(f"cannot fetch hub {repo_type} {repo_id}{offline}: {_hub_error(e)}")
-    cached = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
-    out = []
+
+
+def _hub_matching(names, patterns: list, exclude: list, repo_id: str, repo_type: str) -> list[str]:
+    "The `names` each pattern matches outside `exclude`, pattern by pattern, sorted; a pattern matching none fails."
+    from huggingface_hub.utils import filter_repo_objects
+
+    names, out = sorted(names), []
     for pat in patterns:
-        got = list(filter_repo_objects(cached, allow_patterns=[pat], ignore_patterns=exclude or None))
+        got = list(filter_repo_objects(names, allow_patterns=[pat], ignore_patterns=exclude or None))
         if not got:
             fail(
                 f"hub {repo_type} {repo_id}: no file matches '{pat}'"
                 + (f" outside exclude {exclude}" if exclude else "")
                 + (" in the cache" if _hub_offline() else "")
             )
-        out += [snap / g for g in got if snap / g not in out]
+        out += [g for g in got if g not in out]
     return out
+
+
+def hub_files(
+    repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None, exclude=()
+) -> list[Path]:
+    """The files of hub repo `repo_id` matching glob `patterns` but none of `exclude`, fetched file by file into
+    the Hugging Face cache (offline: found there); each pattern's files sorted, every pattern required to match."""
+    patterns, exclude = _as_list(patterns), _as_list(exclude)
+    snap = _hub_snapshot(repo_id, patterns, repo_type, revision, exclude)
+    cached = [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
+    return [snap / g for g in _hub_matching(cached, patterns, exclude, repo_id, repo_type)]
+
+
+def hub_cached(
+    repo_id: str, repo_type: str = "dataset", revision: str | None = None, cache_dir=None
+) -> dict[str, int]:
+    """{name: bytes} of the files of hub repo `repo_id` complete in the Hugging Face cache (`cache_dir`, default
+    huggingface_hub's) at `revision` (default: the branch main), nothing fetched, online or not; {} if none is cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = Path(
+            snapshot_download(
+                repo_id, repo_type=repo_type, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
+        )
+    except (OSError, ValueError):  # LocalEntryNotFoundError: no snapshot of that revision in the cache
+        return {}
+    return {p.relative_to(snap).as_posix(): p.stat().st_size for p in sorted(snap.rglob("*")) if p.is_file()}
+
+
+def hub_listing(
+    repo_id: str, patterns, repo_type: str = "dataset", revision: str | None = None, exclude=()
+) -> list[tuple[str, int]]:
+    """(name, bytes) of the files of hub repo `repo_id` that `hub_files` would give, from the hub's file listing,
+    nothing fetched; offline, the cached files' (`hub_cached`)."""
+    patterns, exclude = _as_list(patterns), _as_list(exclude)
+    if not patterns:
+        fail(f"hub {repo_type} {repo_id}: no file patterns given")
+    if _hub_offline():
+        sizes = hub_cached(repo_id, repo_type, revision) or fail(
+            f"cannot list hub {repo_type} {repo_id} (HF_HUB_OFFLINE is set and it is not in the cache)"
+        )
+    else:
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
+
+        try:
+            tree = HfApi().list_repo_tree(repo_id, repo_type=repo_type, revision=revision, recursive=True)
+            sizes = {f.path: f.size for f in tree if isinstance(f, RepoFile)}
+        except (OSError, ValueError) as e:  # requests' errors are OSErrors; the cause stays in __context__
+            fail(f"cannot list hub {repo_type} {repo_id}: {_hub_error(e)}")
+    return [(n, sizes[n]) for n in _hub_matching(sizes, patterns, exclude, repo_id, repo_type)]
 
 
 def _hub_offline() -> bool:
@@ -869,13 +926,15 @@ class Units:
         safe = re.sub(r"[^\w.=-]+", "_", str(name))
         return self.folder / f"{safe}.json"
 
+    def record(self, name: str) -> dict | None:
+        "The record of unit `name` whatever its key, None if it never finished."
+        p = self._path(name)
+        return read_json(p) if p.exists() else None
+
     def done(self, name: str, key: str = "") -> dict | None:
         "The record of unit `name` if it finished with the same `key`, else None."
-        p = self._path(name)
-        if not p.exists():
-            return None
-        rec = read_json(p)
-        return rec if rec.get("key") == key else None
+        rec = self.record(name)
+        return rec if rec is not None and rec.get("key") == key else None
 
     def finish(self, name: str, record: dict, key: str = "") -> dict:
         "Record unit `name` as finished with `record` (and its `key`)."
@@ -903,6 +962,14 @@ class Units:
         rec = self.finish(name, fn(), key)
         self.ran.append(name)
         return rec
+
+
+def check_share(index: int, count: int):
+    "Fail in one line unless `index` names one of `count` shares of a stage's units (what a job array's task does)."
+    if not 0 <= index < count:
+        fail(
+            f"share {index}/{count}: the share's index must be at least 0 and below the number of shares {count}"
+        )
 
 # %% ../nbs/00_core.ipynb #2782aa75
 def seed_everything(seed: int):

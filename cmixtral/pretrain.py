@@ -26,7 +26,7 @@ from cmixtral.checkpoint import (
 from .checkpoint import load_model
 from .checkpoint import save_model
 from .checkpoint import nf4_kernel_record
-from .data import DataConfig, dataset_entry, dataset_paths, load_mixture, parse_mixture, read_registry
+from .data import DataConfig, dataset_entry, load_mixture, parse_mixture, read_registry, split_texts
 from .data import registry_path
 from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, init_rows
 from .vocab import merged_tokenizer_path
@@ -273,8 +273,8 @@ def check_inputs(model_config, tok, train_ds, block_size: int, pad: int = 128):
 def mixture_texts(
     run_dir, mixture, split: str = "train", chars: int = 0, zh_share: float = 0.5, seed: int = 0
 ) -> dict[str, list[str]]:
-    """Documents per language from the mixture's datasets' `split` files: `chars*zh_share` Chinese characters, the
-    rest English (0: all; the last document of each dataset is cut to fit)."""
+    """Documents per language from the mixture's datasets' `split` (read from their sources, `data.split_texts`):
+    `chars*zh_share` Chinese characters, the rest English (0: all; the last document of each dataset is cut to fit)."""
     reg = read_registry(registry_path(run_dir))
     by_lang = {}
     for w, name in parse_mixture(mixture):
@@ -285,10 +285,7 @@ def mixture_texts(
         total_w = sum(w for w, _ in items)
         out[lang] = []
         for w, name in items:
-            path = dataset_paths(run_dir, name, split, reg)[0]
-            if not path.exists():
-                fail(f"dataset '{name}' has no {split} file {path}; run the data stage")
-            docs, want = read_jsonl(path), round(budget * w / total_w)
+            docs, want = list(split_texts(run_dir, name, split, reg)), round(budget * w / total_w)
             if chars and not want:
                 continue
             order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(len(docs))

@@ -15,7 +15,7 @@ __all__ = ['SPM_SECONDS_PER_LINE', 'ALP_SECONDS_PER_DOC', 'ARRAY_PLAN_UNIT', 'Vo
            'write_training_text', 'char_counts', 'level_coverage', 'spm_options', 'spm_single_chars', 'train_spm',
            'grid_point_key', 'train_spm_grid', 'alp', 'spm_alp', 'kneedle', 'choose_vocab', 'level_gains', 'plot_alp',
            'merge_spm', 'save_hf_tokenizer', 'tokens_per_char', 'vocab_time_plan', 'array_units', 'run_share',
-           'score_grid', 'merged_tokenizer_path']
+           'power_law', 'spm_grid_extrapolation', 'plot_spm_scaling', 'score_grid', 'merged_tokenizer_path']
 
 # %% ../nbs/10_vocab.ipynb #ee3a09b1
 @dataclass
@@ -533,10 +533,7 @@ def run_share(config, out, overrides=(), index: int = 0, count: int = 1) -> dict
     """Train share `index` of `count` of the grid (the `array_units` at positions `index`, `index + count`, ...),
     each model recorded as the stage's unit, stopping between models when asked; first the training text if it is
     missing or older than its sources (atomically). Returns what the share did."""
-    if not 0 <= index < count:
-        fail(
-            f"share {index}/{count}: the share's index must be at least 0 and below the number of shares {count}"
-        )
+    check_share(index, count)
     cfg = load_config(config, overrides)
     S = section(cfg, "vocab", VocabConfig)
     run_dir = open_run_dir(out, cfg)
@@ -555,6 +552,101 @@ def run_share(config, out, overrides=(), index: int = 0, count: int = 1) -> dict
         "skipped": units.skipped,
         "statuses": {_grid_unit(r): r["status"] for r in rows},
     }
+
+# %% ../nbs/10_vocab.ipynb #5ca1e002
+def power_law(x, y) -> tuple[float, float]:
+    "Least-squares fit of `y = a * x**b` on log-log axes; returns `(a, b)`."
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or len(set(x.tolist())) < 2 or (x <= 0).any() or (y <= 0).any():
+        fail(
+            f"a power-law fit needs at least two distinct positive x with as many positive y, got x={x.tolist()} y={y.tolist()}"
+        )
+    b, log_a = np.polyfit(np.log(x), np.log(y), 1)
+    return float(math.exp(log_a)), float(b)
+
+# %% ../nbs/10_vocab.ipynb #5ca1e006
+def spm_grid_extrapolation(bench, cfg) -> dict:
+    """One grid model's seconds and peak RSS at `cfg`'s `vocab.input_sentence_size`, read from a SentencePiece scaling
+    bench (a DataFrame with columns lines, seconds, peak_rss_mb, idle_rss_mb) by power laws fitted to it ('fit') and
+    linearly from its largest size ('linear'), and the grid's time and memory as `cfg`'s vocab job array runs it."""
+    S = section(cfg, "vocab", VocabConfig)
+    lines = S.input_sentence_size
+    if lines <= 0:
+        fail("vocab.input_sentence_size is 0 (every line): extrapolating needs a number of lines per model")
+    st = ((cfg.get("cluster") or {}).get("stages") or {}).get("vocab") or {}
+    n, workers = len(array_units(cfg)), max(1, S.workers)
+    tasks = int(st.get("array_tasks") or 1)
+    nodes = min(int(st.get("array") or 1), tasks)  # tasks at once, one node each
+    per_task = math.ceil(n / tasks)
+    rounds, waves = math.ceil(per_task / workers), math.ceil(tasks / nodes)
+    idle = float(bench["idle_rss_mb"].max())
+    a_t, b_t = power_law(bench["lines"], bench["seconds"])
+    a_m, b_m = power_law(bench["lines"], bench["peak_rss_mb"] - bench["idle_rss_mb"])
+    top = bench.loc[bench["lines"].idxmax()]
+    scale = lines / float(top["lines"])
+    per_model = {
+        "fit": (a_t * lines**b_t, a_m * lines**b_m + idle),
+        "linear": (float(top["seconds"]) * scale, (float(top["peak_rss_mb"]) - idle) * scale + idle),
+    }
+    reads = {
+        k: {
+            "model_seconds": s,
+            "model_rss_gb": m / 1024,
+            "task_seconds": rounds * s,
+            "grid_seconds": waves * rounds * s,
+            "node_rss_gb": min(workers, per_task) * m / 1024,
+        }
+        for k, (s, m) in per_model.items()
+    }
+    return {
+        "measured_lines": (int(bench["lines"].min()), int(top["lines"])),
+        "lines": lines,
+        "beyond": scale,  # how far past the largest measured input
+        "seconds_fit": (a_t, b_t),
+        "rss_fit": (a_m, b_m),
+        "n_models": n,
+        "tasks": tasks,
+        "nodes": nodes,
+        "workers": workers,
+        "models_per_task": per_task,
+        "waves": waves,
+        "stated_model_seconds": SPM_SECONDS_PER_LINE * lines,
+        **reads,
+    }
+
+# %% ../nbs/10_vocab.ipynb #5ca1e009
+def plot_spm_scaling(bench, x: dict):
+    """Seconds and peak RSS of one SentencePiece training against its lines, log-log: the bench's points, the fitted
+    power laws over the measured range (solid) and on to the extrapolated size (dashed), and the linear reading from
+    the largest point (dotted). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    lo, hi = x["measured_lines"]
+    top = bench.loc[bench["lines"].idxmax()]
+    idle = float(bench["idle_rss_mb"].max())
+    panels = [
+        (axes[0], "seconds", x["seconds_fit"], 0.0, "seconds", 1.0, "model_seconds"),
+        (axes[1], "peak_rss_mb", x["rss_fit"], idle, "peak RSS (MB)", 1024.0, "model_rss_gb"),
+    ]
+    for ax, col, (a, b), base, label, unit, key in panels:
+        ax.loglog(bench["lines"], bench[col], "o", color="C0", label="measured")
+        xs = np.geomspace(lo, hi, 20)
+        ax.loglog(xs, a * xs**b + base, "-", color="C1", label=f"fit, exponent {b:.2f}")
+        xs = np.geomspace(hi, x["lines"], 20)
+        ax.loglog(xs, a * xs**b + base, "--", color="C1", label="fit, extrapolated")
+        ax.loglog(
+            xs, (float(top[col]) - base) * xs / hi + base, ":", color="C3", label="linear from the largest"
+        )
+        ax.loglog([x["lines"]] * 2, [x["fit"][key] * unit, x["linear"][key] * unit], "s", color="C3")
+        ax.set(xlabel="training lines (input_sentence_size)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle("One SentencePiece BPE training of the vocabulary grid")
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/10_vocab.ipynb #0807a40d
 def _alp_point(path, alp_texts: list[str], base_model) -> dict:

@@ -1,12 +1,13 @@
-"""The vocabulary grid as a SLURM job array on the one-node SLURM (tests/slurm_cluster.py): `cmixtral submit` writes the
-stage as `vocab-array` (3 tasks, 2 at once, each training its share of a 6-model grid of the micro config) and the
+"""Stages as SLURM job arrays on the one-node SLURM (tests/slurm_cluster.py). The vocabulary grid: `cmixtral submit` writes
+the stage as `vocab-array` (3 tasks, 2 at once, each training its share of a 6-model grid of the micro config) and the
 `vocab` job after it. One task is cancelled before it starts, so SLURM cancels the stage's job (its dependency can no
 longer be met); the chain submitted again skips the finished shares' models and gives the grid and the merged
-tokenizer of an uninterrupted run in this process."""
+tokenizer of an uninterrupted run in this process. The data stage: the same with its source files as the units."""
 import os, shutil, time
 from datetime import datetime
 from pathlib import Path
 import pandas as pd
+import pytest
 from cmixtral.cluster import chain_status, submit_chain
 
 from vocab_reference import pieces, uninterrupted
@@ -29,13 +30,20 @@ def settled(slurm, job, timeout=120) -> list[dict]:
         time.sleep(0.1)
 
 
-def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterrupted_grid(slurm, micro_run, tmp_path, monkeypatch):
+@pytest.fixture
+def on_slurm(slurm, monkeypatch):
+    "This process as a login node of the test SLURM: its tools and config, no variables of an enclosing job."
     for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
         monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
     monkeypatch.setenv("PATH", slurm.env["PATH"])
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("CMIXTRAL_QUIET", "1")
+    return slurm
+
+
+def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterrupted_grid(on_slurm, micro_run, tmp_path):
+    slurm = on_slurm
     run = tmp_path/"run"                                                       # the micro run's assets stage, copied
     shutil.copytree(micro_run[0]/"assets", run/"assets"); shutil.copy(micro_run[0]/"run.json", run/"run.json")
     jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "vocab", GRID)}
@@ -66,3 +74,39 @@ def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterr
     pd.testing.assert_frame_equal(got.drop(columns="seconds"), grid.drop(columns="seconds"))
     assert pieces(run/"vocab"/"merged.model") == merged
     assert [r["state"] for r in chain_status(run)] == ["COMPLETED", "COMPLETED"]
+
+
+def test_the_data_stage_as_an_array_of_3_tasks_with_one_cancelled_and_resubmitted_gives_the_same_dataset(on_slurm, micro_run, tmp_path):
+    """`cmixtral submit` of the data stage with `cluster.stages.data.array=2, array_tasks=3`: task i encodes the micro
+    config's source file i (three corpora). The third task is cancelled, so the stage's job is cancelled too; the chain
+    submitted again skips the two finished files and gives the blocks and token report of the micro run's own data
+    stage (one process, no array)."""
+    import numpy as np
+    from datasets import load_from_disk
+    slurm = on_slurm
+    run, micro = tmp_path/"run", micro_run[0]                                  # the micro run's assets and vocab stages
+    for stage in ("assets", "vocab"):
+        shutil.copytree(micro/stage, run/stage, symlinks=True)
+    shutil.copy(micro/"run.json", run/"run.json")
+    arr = ["cluster.stages.data.array=2", "cluster.stages.data.array_tasks=3"]
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "data", arr)}
+    assert list(jobs) == ["data-array", "data"]
+    slurm.run("scancel", f"{jobs['data-array']}_2")                            # the third task, held back by %2
+    settled(slurm, jobs["data-array"])
+    rec = slurm.wait(int(jobs["data"]), "CANCELLED", timeout=60)
+    assert rec["Reason"].startswith("Dependency"), rec
+    units = run/"data"/"units"
+    first = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
+    assert sorted(first) == ["zh-news_corpora_zh-news_train.jsonl.json", "zh-reviews-pos_corpora_zh-reviews-pos_train.jsonl.json"]
+    assert not list(run.rglob("state.json"))                                  # no dataset assembled yet
+
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "data", arr)}   # the chain again
+    rec = slurm.wait(int(jobs["data"]), "COMPLETED", timeout=180)
+    assert rec["ExitCode"] == "0:0", slurm.log(int(jobs["data"]))[-3000:]
+    assert all(r["JobState"] == "COMPLETED" for r in settled(slurm, jobs["data-array"]))
+    again = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
+    assert len(again) == 3 and all(again[k] == v for k, v in first.items())  # finished files were not redone
+    assert (run/"data"/"token_report.csv").read_text() == (micro/"data"/"token_report.csv").read_text()
+    for p in sorted(q for q in (micro/"data").rglob("state.json") if "sft" not in q.parts):   # SFT's are its own
+        a, b = (load_from_disk(str(r/p.parent.relative_to(micro))).with_format("numpy")[:]["input_ids"] for r in (micro, run))
+        assert np.array_equal(a, b), p.parent.name

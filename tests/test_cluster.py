@@ -252,3 +252,130 @@ def test_preflight_names_the_hub_repos_that_refuse_the_token(monkeypatch):
         "(HF_TOKEN, or huggingface-cli login)"], failed
     assert len(rows) == len(asked) and "/api/datasets/Skywork/SkyPile-150B/auth-check" in asked
     assert all(r["ok"] for r in rows if "Skywork" in r["detail"])
+
+def _hub_stand_in(trees):
+    """A local stand-in for the hub's file listing: GET /api/datasets/{repo}/tree/main?recursive=True serves
+    `trees[repo]` ({path: size}) in pages of 3 entries linked by a `Link: <...>; rel="next"` header, as the hub pages
+    its listings. Returns (server, the paths asked)."""
+    import json, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            url = urlparse(self.path)
+            repo = url.path.removeprefix("/api/datasets/").removesuffix("/tree/main")
+            q = parse_qs(url.query)
+            if repo not in trees or q.get("recursive") != ["True"]:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.end_headers()
+                return
+            start = int(q.get("cursor", ["0"])[0])
+            files = sorted(trees[repo].items())
+            page = [{"type": "file", "path": p, "size": s, "oid": "0" * 40} for p, s in files[start:start + 3]]
+            page += [{"type": "directory", "path": "data", "oid": "0" * 40}] if start == 0 else []
+            body = json.dumps(page).encode()
+            self.send_response(200)
+            if start + 3 < len(files):
+                nxt = f"http://127.0.0.1:{self.server.server_port}{url.path}?recursive=True&expand=False&cursor={start + 3}"
+                self.send_header("Link", f'<{nxt}>; rel="next"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, asked
+
+SKYPILE = {"README.md": 10, "data/2022-01_zh_head_0000.jsonl": 1000, "data/2022-01_zh_middle_0001.jsonl": 2000,
+           "data/2023-06_zh_head_0000.jsonl": 50000, "data/2023-07_zh_head_0000.jsonl": 4000,
+           "data/2023-08_zh_middle_0000.jsonl": 8000}
+SLIMPAJAMA = {"data/train-00000-of-00002.parquet": 3000, "data/train-00001-of-00002.parquet": 5000,
+              "data/test-00000-of-00001.parquet": 700, "README.md": 20}
+
+def _hub_inputs(hf_home, configs, **env):
+    """`hub_inputs` of each (config, overrides) in a fresh process under `offline_env(hf_home, **env)`, as JSON:
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE once, when it is imported."""
+    import json
+    from hub_cache import run_offline
+    code = ("import json\nfrom cmixtral.cluster import hub_inputs\nfrom cmixtral.core import load_config\n"
+            f"print(json.dumps([hub_inputs(load_config(c, o)) for c, o in {configs!r}]))")
+    r = run_offline(hf_home, code, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+def test_disk_plan_counts_the_hub_files_the_data_stage_reads(tmp_path, monkeypatch):
+    """The full config against a stand-in hub: each dataset counts exactly the sizes of the files it reads (the held-out
+    2023-06 file excluded, README and SlimPajama's test file unmatched), listed over pages; a file already in the cache
+    needs no room there; the token blocks are a token per 4 bytes at 2 bytes a token (57,000 pieces). The hub is
+    asked in a fresh process; the plan takes its rows."""
+    from cmixtral import cluster
+    from cmixtral.cluster import check_disk, disk_plan
+    from cmixtral.core import load_config
+    from hub_cache import cache_repo
+    server, asked = _hub_stand_in({"Skywork/SkyPile-150B": SKYPILE, "DKYoon/SlimPajama-6B": SLIMPAJAMA})
+    cache_repo(tmp_path/"hf", "Skywork/SkyPile-150B", {"data/2022-01_zh_head_0000.jsonl": b"x" * 1000}, "dataset")
+    full = str(ROOT/"configs/mixtral-8x7b.yaml")
+    try:
+        hub, both = _hub_inputs(tmp_path/"hf", [(full, []), (full, ['data.datasets.1.files=["data/*.jsonl"]'])],
+                                HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+    finally:                                                        # the second: 2023 reads 2022's files too
+        server.shutdown()
+    monkeypatch.setattr(cluster, "hub_inputs", lambda cfg: hub)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path/"hf"))            # where check_disk finds the cache
+    plan = disk_plan(load_config(full))
+    rows = check_disk(load_config(full), tmp_path/"run")
+    got = [(h["name"], h["bytes"], h["cached"], h["from"]) for h in plan["hub"]]
+    assert got == [("SkyPile-150B-2022", 3000, 1000, "hub metadata"), ("SkyPile-150B-2023", 12000, 0, "hub metadata"),
+                   ("DKYoon-SlimPajama-6B", 8000, 0, "hub metadata")], got
+    assert plan["not_counted"] == []
+    assert plan["items"]["token blocks (5,750 tokens x 2 bytes)"] == 23000 // 4 * 2
+    assert [(h["name"], h["bytes"]) for h in both][:2] == [("SkyPile-150B-2022", 3000), ("SkyPile-150B-2023", 12000)]
+    assert sum(1 for a in asked if "SkyPile" in a) == 2 * 2          # two pages, once per config (two datasets read it)
+    assert [r["check"] for r in rows] == ["disk"]                   # the cache and the run directory share tmp's filesystem
+    assert ("the hub inputs, 0.0 GB (SkyPile-150B-2022 0.0 GB from hub metadata, SkyPile-150B-2023 0.0 GB from hub "
+            "metadata, DKYoon-SlimPajama-6B 0.0 GB from hub metadata)") in rows[0]["detail"], rows[0]
+
+def test_disk_plan_offline_reads_the_cache_then_size_gb_then_names_what_it_cannot_count(tmp_path, monkeypatch):
+    """Offline: SkyPile 2022 from the files in the cache, SlimPajama from its stated `size_gb`, SkyPile 2023 (nothing of
+    it cached, no size stated) named with the key to state; the same from a hub that does not answer. A cache on
+    another filesystem than the run directory gets a row of its own. Offline and the cache are read from the
+    environment now; the hub that does not answer is asked from a fresh process (huggingface_hub's endpoint)."""
+    import os, tempfile
+    from cmixtral.cluster import check_disk, disk_plan
+    from cmixtral.core import load_config
+    from hub_cache import cache_repo
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else tmp_path) as hf:
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        monkeypatch.setenv("HF_HOME", hf)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        cache_repo(hf, "Skywork/SkyPile-150B", {"data/2022-01_zh_head_0000.jsonl": b"x" * 1000,
+                                                "data/2022-02_zh_head_0000.jsonl": b"y" * 500}, "dataset")
+        full, size = str(ROOT/"configs/mixtral-8x7b.yaml"), ["data.datasets.2.size_gb=14.5"]
+        cfg = load_config(full, size)
+        plan = disk_plan(cfg)
+        rows = check_disk(cfg, tmp_path/"run")
+        [unreachable] = _hub_inputs(hf, [(full, size)], HF_HUB_OFFLINE="0",
+                                    HF_ENDPOINT="http://127.0.0.1:9")   # the discard port: nothing answers
+        separate = os.stat(hf).st_dev != os.stat(tmp_path).st_dev
+    got = [(h["name"], h["bytes"], h["cached"], h["from"]) for h in plan["hub"]]
+    assert got == [("SkyPile-150B-2022", 1500, 1500, "cache"), ("DKYoon-SlimPajama-6B", 14_500_000_000, 0, "config")], got
+    assert [(h["name"], h["why"]) for h in plan["not_counted"]] == \
+        [("SkyPile-150B-2023", "offline, not in the Hugging Face cache: state data.datasets.1.size_gb")]
+    assert [h for h in unreachable if h["from"]] == plan["hub"]
+    assert [h for h in unreachable if not h["from"]][0]["why"] == \
+        "the hub did not list it (ConnectionError), not in the Hugging Face cache: state data.datasets.1.size_gb"
+    detail = rows[-1]["detail"]
+    assert detail.startswith("about 14.5 GB needed: the hub inputs, 14.5 GB (SkyPile-150B-2022 0.0 GB from cache, "
+                             "DKYoon-SlimPajama-6B 14.5 GB from config)" if separate else "about "), detail
+    assert "not counted: SkyPile-150B-2023 (offline, not in the Hugging Face cache: state data.datasets.1.size_gb)" in detail
+    assert [r["check"] for r in rows] == (["disk", "disk hub-cache"] if separate else ["disk"])

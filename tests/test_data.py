@@ -1,4 +1,4 @@
-"The data stage on real files: conversion, bad input, the split, parallel tokenisation with the real Mixtral tokenizer, mixtures."
+"The data stage on real files: bad input, the split by position, per-file units and resume, parallel tokenisation with the real Mixtral tokenizer, two-byte ids, mixtures."
 import json, os
 from pathlib import Path
 import numpy as np
@@ -36,34 +36,44 @@ def shards(tmp_path):
                    d/"train-00001-of-00002.parquet", row_group_size=8)
     return tmp_path/"hubdir", [r["text"] for r in rows]
 
-def test_local_shards_convert_split_and_count_skips(shards, tmp_path):
+def encode(run, srcs, tok_dir, **kw):
+    "The data stage's encoding of `srcs` into run directory `run`, registered."
+    S = DataConfig(datasets=srcs, **{"num_proc": 1, "split": [4, 1], **kw})
+    got = encode_sources(srcs, run, tok_dir, S)
+    register_datasets(registry_path(run), got["entries"])
+    return got
+
+def test_local_shards_split_by_position_and_count_skips(shards, tmp_path, tok_dir):
     root, texts = shards
     src = DataSource("web-zh", "path", path=str(root), files=["data/train-*"])
-    r1 = prepare_text(src, tmp_path/"run", (4, 1))
-    assert r1["skipped"] == {"malformed json": 1, "invalid utf-8": 1, "no text field": 2, "empty text": 1, "not a json object": 1}
-    train, dev = (tmp_path/"run"/"data"/"zh"/"web-zh"/f"web-zh-{s}.jsonl" for s in ("train", "dev"))
-    got_train = [json.loads(l)["text"] for l in train.read_text().splitlines()]
-    got_dev = [json.loads(l)["text"] for l in dev.read_text().splitlines()]
-    assert got_dev == [texts[i] for i in range(30) if i % 5 == 4] and len(got_train) == 24
-    assert sorted(got_train + got_dev) == sorted(texts)                       # every document once, none in both
-    before = train.read_bytes(), dev.read_bytes()
-    prepare_text(src, tmp_path/"run", (4, 1))
-    assert (train.read_bytes(), dev.read_bytes()) == before                   # deterministic
+    r1 = encode(tmp_path/"run", [src], tok_dir, block_size=8)
+    assert r1["skipped"]["web-zh"] == {"malformed json": 1, "invalid utf-8": 1, "no text field": 2, "empty text": 1, "not a json object": 1}
+    got_train, got_dev = (list(split_texts(tmp_path/"run", "web-zh", s)) for s in ("train", "dev"))
+    # document i of its file is dev when i % 5 == 4: the jsonl file's 15 good lines, then the parquet file's rows
+    assert got_dev == [texts[i] for i in range(15) if i % 5 == 4] + [texts[15 + i] for i in range(15) if i % 5 == 4]
+    assert sorted(got_train + got_dev) == sorted(texts) and len(got_dev) == 6  # every document once, none in both
+    rows = {r["split"]: r for r in r1["rows"]}
+    assert (rows["train"]["docs"], rows["dev"]["docs"]) == (24, 6)
+    assert not list((tmp_path/"run").rglob("*.jsonl"))                       # no copy of the text in the run directory
+    before = {p.name: p.read_bytes() for p in (tmp_path/"run"/"data").rglob("*.arrow")}
+    again = encode(tmp_path/"run2", [src], tok_dir, block_size=8)
+    assert {p.name: p.read_bytes() for p in (tmp_path/"run2"/"data").rglob("*.arrow")} == before   # deterministic
+    assert again["rows"] == r1["rows"]
 
-def test_missing_shard_and_truncated_parquet_are_clear_errors(shards, tmp_path):
+def test_missing_shard_and_truncated_parquet_are_clear_errors(shards, tmp_path, tok_dir):
     root, _ = shards
     pq_file = root/"data"/"train-00001-of-00002.parquet"
     pq_file.write_bytes(pq_file.read_bytes()[:200])
     src = DataSource("web-zh", "path", path=str(root), files=["data/train-*"])
     with pytest.raises(CmixtralError, match="train-00001-of-00002.parquet: cannot read parquet file"):
-        prepare_text(src, tmp_path/"run")
+        encode(tmp_path/"run", [src], tok_dir)
     folder = tmp_path/"run"/"data"/"zh"/"web-zh"
-    assert not any(p.suffix == ".jsonl" for p in folder.iterdir())          # nothing half-written left looking complete
+    assert not list(folder.rglob("state.json"))                               # nothing half-written looks complete
     pq_file.unlink()
     with pytest.raises(CmixtralError, match="missing shard"):
-        prepare_text(src, tmp_path/"run")
+        encode(tmp_path/"run", [src], tok_dir)
     with pytest.raises(CmixtralError, match="no files match"):
-        prepare_text(DataSource("x", "path", path=str(root), files=["nothing-*.jsonl"]), tmp_path/"run")
+        encode(tmp_path/"run", [DataSource("x", "path", path=str(root), files=["nothing-*.jsonl"])], tok_dir)
 
 def build_registry(run, tok_dir, bs=16, num_proc=2):
     (run/"src").mkdir(parents=True)
@@ -71,35 +81,40 @@ def build_registry(run, tok_dir, bs=16, num_proc=2):
     jsonl(run/"src"/"en.jsonl", [{"text": EN[i % 2] * (1 + i % 3)} for i in range(30)])
     srcs = [DataSource("zh-a", "path", path=str(run/"src"), files=["zh.jsonl"]),
             DataSource("en-b", "path", lang="en", path=str(run/"src"), files=["en.jsonl"])]
-    for s in srcs: prepare_text(s, run, (9, 1))
-    register_datasets(registry_path(run), {s.name: registry_entry(s) for s in srcs})
-    jobs = [(s.name, sp) for s in srcs for sp in ("train", "dev")]
-    rows = encode_files([dataset_paths(run, n, sp) for n, sp in jobs], tok_dir, block_size=bs, num_proc=num_proc, chunk_mb=0.002)
-    return dict(zip(jobs, rows))
+    got = encode(run, srcs, tok_dir, block_size=bs, num_proc=num_proc, chunk_mb=0.002, split=[9, 1])
+    return {(r["dataset"], r["split"]): r for r in got["rows"]}
 
 def test_tokenise_pack_eos_per_document(tmp_path, tok_dir):
     rows = build_registry(tmp_path, tok_dir)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    doc, enc = dataset_paths(tmp_path, "zh-a", "train")
-    texts = [json.loads(l)["text"] for l in doc.read_text().splitlines()]
-    ds = load_from_disk(str(enc))
+    texts = list(split_texts(tmp_path, "zh-a", "train"))
+    ds = load_from_disk(str(dataset_paths(tmp_path, "zh-a", "train")[1]))
     ids = ds.with_format("numpy")[:]["input_ids"]
     assert ids.shape == (len(ds), 16)
-    assert str(ds.data.schema.field("input_ids").type) == "fixed_size_list<item: int32>[16]"
+    assert str(ds.data.schema.field("input_ids").type) == "fixed_size_list<item: uint16>[16]"   # two bytes an id
     r = rows[("zh-a", "train")]
     n_all = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
     assert r["tokens"] == n_all and r["docs"] == len(texts) == 54
     assert r["blocks"] * 16 + r["dropped_tokens"] == n_all + 2 * len(texts)   # <s> and </s> per document
     flat = ids.ravel()
-    # in one chunk: exactly <s> ids </s> per document (ids from the reference tokenizer), in file order, cut every 16 tokens
+    # in one work item: exactly <s> ids </s> per document (ids from the reference tokenizer), in file order, cut every 16 tokens
     want = [i for t in texts for i in [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
-    one = encode_files([(doc, tmp_path/"one")], tok_dir, block_size=16, num_proc=1, chunk_mb=64)[0]
-    got = load_from_disk(str(tmp_path/"one")).with_format("numpy")[:]["input_ids"].ravel().tolist()
+    src = DataSource("one", "path", path=str(tmp_path/"src"), files=["zh.jsonl"])
+    one = {x["split"]: x for x in encode(tmp_path, [src], tok_dir, block_size=16, chunk_mb=64, split=[9, 1])["rows"]}["train"]
+    got = load_from_disk(str(dataset_paths(tmp_path, "one", "train")[1])).with_format("numpy")[:]["input_ids"].ravel().tolist()
     assert got == want[:len(got)] and len(want) - len(got) == one["dropped_tokens"] and one["tokens"] == r["tokens"]
     # one </s> and one <s> per document, except in the < 16 dropped tokens (documents here are >= 7 tokens: at most 3 ends)
     assert len(texts) - 3 <= (flat == tok.eos_token_id).sum() <= len(texts) and len(texts) - 3 <= (flat == tok.bos_token_id).sum() <= len(texts)
     assert registry_path(tmp_path).exists() and read_registry(registry_path(tmp_path))["en-b"]["root"] == "{DATA_DIR}/en/{name}"
+
+def test_two_byte_ids_reach_the_model_as_int64():
+    "Ids stored as uint16 (up to 65,535) come out of the training collator as the int64 the embedding takes."
+    from cmixtral.training import collate_blocks
+    rows = [{"input_ids": np.array([1, 40000, 65535, 2], np.uint16)}, {"input_ids": np.array([1, 32768, 7, 2], np.uint16).tolist()}]
+    b = collate_blocks(rows)
+    assert str(b["input_ids"].dtype) == "torch.int64" and b["input_ids"].tolist() == [[1, 40000, 65535, 2], [1, 32768, 7, 2]]
+    assert token_dtype(57_000) == "uint16" and token_dtype(70_000) == "int32"
 
 def test_mixture_weights_seed_and_errors(tmp_path, tok_dir):
     build_registry(tmp_path, tok_dir)
@@ -114,12 +129,45 @@ def test_mixture_weights_seed_and_errors(tmp_path, tok_dir):
     for spec, msg in [("x:zh-a", "not weight:name"), ("-1:zh-a", "positive"), ("1:zh-a 1:nope", "unknown dataset 'nope' \\(registered: en-b, zh-a\\)")]:
         with pytest.raises(CmixtralError, match=msg): load_mixture(tmp_path, spec)
 
-def test_failed_tokenisation_leaves_no_dataset(tmp_path, tok_dir):
+def test_a_bad_line_midway_is_counted_not_fatal(tmp_path, tok_dir):
     p = jsonl(tmp_path/"x.jsonl", [{"text": "fine"}] * 5)
     with open(p, "a") as f: f.write("not json\n")
-    with pytest.raises(Exception):
-        encode_files([(p, tmp_path/"enc")], tok_dir, block_size=4, num_proc=1)
-    assert not (tmp_path/"enc").exists() and [q.name for q in tmp_path.iterdir()] == ["x.jsonl"]
+    got = encode(tmp_path, [DataSource("x", "path", path=str(tmp_path), files=["x.jsonl"])], tok_dir, block_size=4)
+    assert got["skipped"]["x"] == {"malformed json": 1} and sum(r["docs"] for r in got["rows"]) == 5
 
 def test_tokenizer_stage_is_resolved_from_the_run_dir(tmp_path, tok_dir):
     with pytest.raises(CmixtralError, match="stage 'vocab' has not finished"): tokenizer_dir(tmp_path, "vocab")
+
+def test_a_killed_stage_resumes_at_the_next_file_with_the_same_dataset(tmp_path, tok_dir):
+    "SIGKILL mid-way (after the first file's record, others in flight), then the rerun: finished files skipped, same blocks."
+    import signal, subprocess, sys, time
+    src_dir = tmp_path/"src"; src_dir.mkdir()
+    for k in range(4):
+        jsonl(src_dir/f"part-{k}.jsonl", [{"text": f"{ZH[i % 3]}第{k}卷第{i}篇。" * (1 + i % 9)} for i in range(400)])
+    kw = dict(block_size=32, chunk_mb=0.004, num_proc=2, split=[9, 1])
+    srcs = [DataSource("web", "path", path=str(src_dir), files=["part-*.jsonl"])]
+    want = encode(tmp_path/"whole", srcs, tok_dir, **kw)
+    run = tmp_path/"run"
+    code = (f"from cmixtral.data import *\nimport time\nif __name__ == '__main__':\n"
+            f"    S = DataConfig(datasets={srcs!r}, **{kw!r})\n"
+            f"    encode_sources(S.datasets, {str(run)!r}, {str(tok_dir)!r}, S)\n")
+    (tmp_path/"job.py").write_text(code)
+    p = subprocess.Popen([sys.executable, str(tmp_path/"job.py")], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    units = run/"data"/"units"
+    deadline = time.monotonic() + 120
+    while not list(units.glob("web_*.json")):
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    first = {q.name: q.stat().st_mtime_ns for q in units.glob("web_*.json")}
+    assert 1 <= len(first) < 4, sorted(first)                                 # killed with files still to do
+    assert not list(run.rglob("state.json"))                                  # and no dataset that looks complete
+    got = encode(run, srcs, tok_dir, **kw)
+    assert len(got["done"]) == len(first) and len(got["ran"]) == 4 - len(first)
+    assert all(q.stat().st_mtime_ns == first[q.name] for q in units.glob("web_*.json") if q.name in first)
+    assert got["rows"] == want["rows"]
+    for split in ("train", "dev"):
+        a, b = (load_from_disk(str(dataset_paths(r, "web", split)[1])).with_format("numpy")[:]["input_ids"] for r in (tmp_path/"whole", run))
+        assert np.array_equal(a, b), split

@@ -9,7 +9,7 @@ import pytest
 from cmixtral.core import *
 from cmixtral.assets import *
 from cmixtral.codec import CodecConfig
-from cmixtral.data import DataSource, prepare_text
+from cmixtral.data import DataConfig, DataSource, encode_sources
 from hub_cache import cache_model_dir, cache_repo, commit_of, repo_dir, run_offline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,40 +175,48 @@ print(json.dumps(out))
     ]
 
 
-def test_data_stage_reads_a_hub_dataset_as_the_same_local_files(web, tmp_path):
-    """(d) source: hub and source: path give the same train/dev files and skips; hub files are recorded by
-    hf:// address."""
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory, tok):
+    "Mixtral's tokenizer saved as an HF tokenizer folder."
+    d = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(d)
+    return d
+
+
+def test_data_stage_reads_a_hub_dataset_as_the_same_local_files(web, tmp_path, tok_dir):
+    """(d) source: hub and source: path give the same blocks, counts and skips, read in place; hub files are recorded
+    by hf:// address."""
     root, rows = web
     home = tmp_path / "hf"
     cache_repo(home, "org/web", {f"data/{p.name}": p for p in (root / "data").iterdir()}, "dataset")
-    local = prepare_text(
-        DataSource("web", "path", path=str(root), files=["data/train-*"]), tmp_path / "a", (4, 1)
-    )
+    kw = dict(block_size=8, num_proc=1, split=[4, 1])
+    src = DataSource("web", "path", path=str(root), files=["data/train-*"])
+    local = encode_sources([src], tmp_path / "a", tok_dir, DataConfig(datasets=[src], **kw))
     r = run_offline(
         home,
         f"""
 import json
-from cmixtral.data import DataSource, prepare_text
+from cmixtral.data import DataConfig, DataSource, encode_sources
 src = DataSource("web", "hub", path="org/web", files=["data/train-*"])
-print(json.dumps(prepare_text(src, "{tmp_path}/b", (4, 1))))
+got = encode_sources([src], "{tmp_path}/b", "{tok_dir}", DataConfig(datasets=[src], **{kw!r}))
+print(json.dumps({{k: got[k] for k in ("rows", "skipped", "files", "entries")}}))
 """,
     )
     hub = last_json(r)
-    assert hub["splits"] == local["splits"] and hub["skipped"] == local["skipped"] == {
-        "malformed json": 1,
-        "empty text": 1,
-        "no text field": 1,
+    assert hub["rows"] == local["rows"] and hub["skipped"] == local["skipped"] == {
+        "web": {"malformed json": 1, "empty text": 1, "no text field": 1}
     }
     for split in ("train", "dev"):
-        a, b = (tmp_path / x / "data" / "zh" / "web" / f"web-{split}.jsonl" for x in "ab")
-        assert a.read_bytes() == b.read_bytes()
-    assert sum(hub["splits"][s]["docs"] for s in ("train", "dev")) == len(rows)
+        a, b = (tmp_path / x / "data" / "zh" / "web" / f"encoded-web-{split}" for x in "ab")
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        assert all((a / p.name).read_bytes() == (b / p.name).read_bytes() for p in a.glob("*.arrow"))
+    assert sum(r["docs"] for r in hub["rows"]) == len(rows)
     at = f"hf://datasets/org/web@{commit_of('org/web')}/data/"
-    assert hub["files"] == [at + "train-00000-of-00002.jsonl", at + "train-00001-of-00002.parquet"]
-    assert hub["entry"]["read"] == hub["files"] and local["files"] == [
+    assert hub["files"]["web"] == [at + "train-00000-of-00002.jsonl", at + "train-00001-of-00002.parquet"]
+    assert hub["entries"]["web"]["read"] == hub["files"]["web"] and local["files"]["web"] == [
         str(p) for p in sorted((root / "data").glob("train-*"))
     ]
-    assert (hub["entry"]["path"], hub["entry"]["files"]) == ("org/web", ["data/train-*"])
+    assert (hub["entries"]["web"]["path"], hub["entries"]["web"]["files"]) == ("org/web", ["data/train-*"])
 
 
 def test_a_missing_hub_shard_is_named(web, tmp_path):

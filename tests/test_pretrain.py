@@ -12,7 +12,7 @@ from cmixtral.core import CmixtralError, load_config, open_run_dir, read_json, s
 from cmixtral.assets import BaseModelSpec, build_tiny_mixtral, package_file, read_documents
 from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.core import write_jsonl
-from cmixtral.data import DataSource, prepare_text, register_datasets, registry_entry, registry_path
+from cmixtral.data import DataSource, register_datasets, registry_entry, registry_path
 from cmixtral.core import STOP_FILE_ENV
 from cmixtral.pretrain import (PretrainConfig, arm_data, check_inputs, check_qlora, main, mixture_texts, prepare_arm_model,
                                qlora_report, trainable_groups)
@@ -51,8 +51,7 @@ def run(tmp_path_factory):
     load_mixtral_tokenizer(d/"vocab"/"merged.model").save_pretrained(d/"vocab"/"tokenizer")
     write_json(d/"vocab"/"manifest.json", {"stage": "vocab"})
     srcs = [DataSource("zh-pos", "path", "zh", path=str(src), files=["zh.jsonl"]), DataSource("en-doc", "path", "en", path=str(src), files=["en.jsonl"])]
-    for s in srcs: prepare_text(s, d, (9, 1))
-    register_datasets(registry_path(d), {s.name: registry_entry(s) for s in srcs})
+    register_datasets(registry_path(d), {s.name: {**registry_entry(s), "split": [9, 1]} for s in srcs})  # text read in place
     write_json(d/"data"/"manifest.json", {"stage": "data"})
     return d
 

@@ -247,7 +247,7 @@ def rehearsal(slurm, storage, tmp_path_factory):
 
 def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehearsal, slurm):
     run, jobs, _ = rehearsal
-    assert {"pretrain-release", "sft-release", "vocab-array"} <= set(jobs)   # [prepare,] train, release; the grid's array
+    assert {"pretrain-release", "sft-release", "vocab-array", "data-array"} <= set(jobs)   # [prepare,] train, release; arrays
     for name, job in jobs.items():
         assert slurm.job(job)["JobState"] == "COMPLETED", name
         stage = re.sub(r"-(prepare|release|array)$", "", name)

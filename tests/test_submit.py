@@ -146,8 +146,9 @@ def test_the_full_config_books_gpus_only_for_the_gpu_stages(tmp_path, monkeypatc
     booked = {name: (r["Partition"], r.get("TresPerNode") or "", r["NumNodes"].split("-")[0]) for name, r in recs.items()}
     assert all(r["JobState"] == "PENDING" for r in recs.values()), {n: (r["JobState"], r["Reason"]) for n, r in recs.items()}
     names = [j["stage"] for j in jobs]
-    assert names[:5] == ["assets", "vocab-array", "vocab", "embed_init", "data"] and names[-2:] == ["eval", "codec"]
+    assert names[:6] == ["assets", "vocab-array", "vocab", "embed_init", "data-array", "data"] and names[-2:] == ["eval", "codec"]
     assert (recs["vocab-array"]["ArrayTaskId"], recs["vocab-array"]["ArrayTaskThrottle"]) == ("0-16%8", "8")   # the grid's array
+    assert (recs["data-array"]["ArrayTaskId"], recs["data-array"]["ArrayTaskThrottle"]) == ("0-7%8", "8")      # the files' array
     for name in names:
         stage, _, part = name.partition("-")
         gpu = bool(STAGE_GPU_WORK[stage]) and part != "prepare"

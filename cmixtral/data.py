@@ -15,13 +15,13 @@ from .core import *
 from .core import _is_unicode
 
 # %% auto #0
-__all__ = ['REGISTRY_KEYS', 'split_of', 'check_ratio', 'tokenizer_dir', 'pack_ids', 'parse_mixture', 'mixture_plan',
-           'load_mixture', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry', 'write_registry',
-           'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'line_chunks', 'file_work',
-           'file_documents', 'documents_at', 'check_shards', 'local_files', 'source_names', 'fetch_sources',
-           'source_files', 'token_dtype', 'block_schema', 'special_ids', 'write_blocks', 'encode_item', 'file_tag',
-           'source_checksum', 'encoded_dirs', 'finish_file', 'assemble_split', 'encode_sources', 'entry_source',
-           'split_texts', 'array_units', 'run_share', 'token_report', 'plot_tokens']
+__all__ = ['REGISTRY_KEYS', 'SOURCE_WHOLE_BYTES', 'split_of', 'check_ratio', 'tokenizer_dir', 'pack_ids', 'parse_mixture',
+           'mixture_plan', 'load_mixture', 'DataSource', 'DataConfig', 'data_dir', 'registry_path', 'registry_entry',
+           'write_registry', 'read_registry', 'register_datasets', 'dataset_entry', 'dataset_paths', 'line_chunks',
+           'file_work', 'file_documents', 'documents_at', 'check_shards', 'local_files', 'source_names',
+           'fetch_sources', 'source_files', 'token_dtype', 'block_schema', 'special_ids', 'write_blocks', 'encode_item',
+           'file_tag', 'source_checksum', 'encoded_dirs', 'finish_file', 'assemble_split', 'encode_sources',
+           'entry_source', 'split_texts', 'array_units', 'run_share', 'data_stage_cost', 'token_report', 'plot_tokens']
 
 # %% ../nbs/30_data.ipynb #5302aca4
 def split_of(i: int, ratio=(999, 1)) -> str:
@@ -313,7 +313,7 @@ def line_chunks(path, chunk_bytes: int) -> list[tuple[int, int]]:
             start = end
     return out
 
-# %% ../nbs/30_data.ipynb #4578f3d1
+# %% ../nbs/30_data.ipynb #67e92c87
 def _parquet(path):
     "A pyarrow ParquetFile with a 'text' column, or one error line naming the file."
     import pyarrow.parquet as pq
@@ -368,7 +368,7 @@ def file_work(path, chunk_bytes: int) -> list[dict]:
         first += _count_lines(path, a, b)
     return items
 
-# %% ../nbs/30_data.ipynb #0580e676
+# %% ../nbs/30_data.ipynb #21f64da1
 def _line_text(raw: bytes, counts: dict) -> str | None:
     "The text of one JSON line, or None after counting why it was skipped (blank lines are skipped uncounted)."
     if not raw.strip():
@@ -466,7 +466,7 @@ def local_files(root, patterns: list, exclude=()) -> list[Path]:
         out += [Path(g) for g in got if Path(g) not in out]
     return [Path(f) for f in check_shards(out)]
 
-# %% ../nbs/30_data.ipynb #749982b9
+# %% ../nbs/30_data.ipynb #f2ab5fb2
 def source_names(src: DataSource, run_dir) -> list[str]:
     """The files `src` reads, as names under its root, in reading order, without fetching anything: an assets
     corpus's train slice, the files under a folder, or a hub dataset's files (the hub's listing; offline, the
@@ -504,12 +504,12 @@ def source_files(src: DataSource, run_dir) -> list[Path]:
     "The local files `src` reads (`source_names`, fetched)."
     return fetch_sources(src, run_dir, source_names(src, run_dir))
 
-# %% ../nbs/30_data.ipynb #4939e020
+# %% ../nbs/30_data.ipynb #cc6955c5
 def token_dtype(vocab_size: int) -> str:
     "The narrowest integer type that holds every id of a `vocab_size`-piece vocabulary: uint16 up to 65,536 pieces, else int32."
     return "uint16" if vocab_size <= 2**16 else "int32"
 
-# %% ../nbs/30_data.ipynb #90ad0cf3
+# %% ../nbs/30_data.ipynb #b61822e8
 _TOK = {}
 
 
@@ -573,7 +573,7 @@ def encode_item(job: dict) -> dict:
         writers = {}
 
         def emit(s):
-            blocks, rest[s] = pack_ids(np.asarray(rest[s].tolist() + flat[s], dt), bs, block_bos)
+            blocks, rest[s] = pack_ids(np.concatenate([rest[s], np.asarray(flat[s], dt)]), bs, block_bos)
             flat[s] = []
             if len(blocks):
                 if s not in writers:
@@ -584,28 +584,41 @@ def encode_item(job: dict) -> dict:
                 writers[s].write_batch(pa.record_batch([arr], schema=job["schema"]))
                 st[s]["blocks"] += len(blocks)
 
-        docs = file_documents(job, skipped)
+        docs, (period, cut), dev_at = (
+            file_documents(job, skipped),
+            (sum(job["ratio"]), job["ratio"][0]),
+            st["dev"]["at"],
+        )
         while batch := list(itertools.islice(docs, job["batch_docs"])):
+            n = {"train": [0, 0, 0], "dev": [0, 0, 0]}  # documents, characters, tokens
             for (pos, at, text), e in zip(batch, encode([t for *_, t in batch], add_special_tokens=False)):
-                s = split_of(pos, job["ratio"])
+                ids, s = e.ids, "train" if pos % period < cut else "dev"  # split_of, inlined
                 if s == "dev":
-                    st[s]["at"].append(at)
-                f = flat[s]
+                    dev_at.append(at)
+                f, c = flat[s], n[s]
                 if doc_bos is not None:
                     f.append(doc_bos)
-                f += e.ids
+                f += ids
                 f.append(eos)
-                st[s]["tokens"] += len(e.ids)
-                st[s]["docs"] += 1
-                st[s]["chars"] += len(text)
-            for s in st:
+                c[0], c[1], c[2] = c[0] + 1, c[1] + len(text), c[2] + len(ids)
+            for s, (d, ch, t) in n.items():
+                st[s]["docs"], st[s]["chars"], st[s]["tokens"] = (
+                    st[s]["docs"] + d,
+                    st[s]["chars"] + ch,
+                    st[s]["tokens"] + t,
+                )
                 emit(s)
     return {"splits": st, "rest": rest, "skipped": skipped}
 
-# %% ../nbs/30_data.ipynb #6a642dde
+# %% ../nbs/30_data.ipynb #45b96339
 def file_tag(name: str) -> str:
     "The name of source file `name`'s blocks in its dataset's folders (its stem and a hash of its path)."
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(name).stem)[-60:]}-{text_hash(name)[:8]}"
+
+
+SOURCE_WHOLE_BYTES = (
+    2**20
+)  # a source file above this size is checksummed by its size, mtime and three samples
 
 
 def source_checksum(path) -> str:
@@ -613,7 +626,7 @@ def source_checksum(path) -> str:
     p = Path(path)
     if p.is_symlink() and p.resolve().parent.name == "blobs":
         return p.resolve().name
-    return light_file_checksum(p)
+    return light_file_checksum(p, SOURCE_WHOLE_BYTES)
 
 
 def encoded_dirs(run_dir, src: DataSource) -> dict[str, Path]:
@@ -648,7 +661,7 @@ def finish_file(
             rec["splits"][s]["at"] = [a for r in results for a in r["splits"][s]["at"]]
     return rec
 
-# %% ../nbs/30_data.ipynb #36a52849
+# %% ../nbs/30_data.ipynb #c86060d6
 def assemble_split(folder, records: list[dict], split: str, schema: pa.Schema, bs: int, block_bos) -> dict:
     """Make `folder` a `load_from_disk` dataset of its files' blocks, in file order: the files' rests packed into
     the last blocks (`tail.arrow`), `state.json` written last; files no record lists are removed. Its counts."""
@@ -683,7 +696,7 @@ def assemble_split(folder, records: list[dict], split: str, schema: pa.Schema, b
     sums = {k: sum(p[k] for p in parts) for k in ("docs", "chars", "tokens", "blocks")}
     return {**sums, "blocks": sums["blocks"] + len(tail), "dropped_tokens": len(left)}
 
-# %% ../nbs/30_data.ipynb #b5e0fddf
+# %% ../nbs/30_data.ipynb #2a7e9df5
 def _run_work(work: list[dict], n_files: int, tok_dir, num_proc: int, on_file, stop):
     """Run the work items of `n_files` files (in `num_proc` processes when there is more than one item), calling
     `on_file(j, results)` as soon as every item of file j is done and `stop()` after each item."""
@@ -715,7 +728,7 @@ def _run_work(work: list[dict], n_files: int, tok_dir, num_proc: int, on_file, s
             stop()
         bar.close()
 
-# %% ../nbs/30_data.ipynb #7df0381d
+# %% ../nbs/30_data.ipynb #e2d45d57
 def _file_key(checksum: str, tok_sum: str, S: DataConfig, dtype: str) -> str:
     "What a file's blocks depend on: its bytes, the tokenizer, the block size, BOS mode, split ratio, id type, work size."
     what = [checksum, tok_sum, S.block_size, S.bos, list(S.split), dtype, S.chunk_mb]
@@ -800,7 +813,7 @@ def encode_sources(
             out["rows"].append({"dataset": src.name, "split": s, **row})
     return out
 
-# %% ../nbs/30_data.ipynb #cb083857
+# %% ../nbs/30_data.ipynb #7ec7e6b7
 def entry_source(name: str, e: dict) -> DataSource:
     "The `DataSource` a registry entry was built from."
     keep = {k: e[k] for k in ("source", "lang", "kind", "corpus", "path", "files", "exclude") if k in e}
@@ -826,7 +839,7 @@ def split_texts(run_dir, name: str, split: str, reg: dict | None = None):
         for item in file_work(path, 2**62):
             yield from (t for pos, _, t in file_documents(item, counts) if split_of(pos, ratio) == split)
 
-# %% ../nbs/30_data.ipynb #e1b054c4
+# %% ../nbs/30_data.ipynb #f1f713c9
 def array_units(cfg, run_dir=None) -> list[str] | None:
     """The units an array task can do without the others: one per source file of each dataset, in order. Without a
     run directory (when the chain is submitted) None: the files are listed when the tasks run, from the hub's listing
@@ -848,6 +861,52 @@ def run_share(config, out, overrides=(), index: int = 0, count: int = 1) -> dict
         S.datasets, run_dir, tokenizer_dir(run_dir, S.tokenizer_stage), S, (index, count), False
     )
     return {"stage": "data", "share": f"{index}/{count}", "ran": got["ran"], "skipped": got["done"]}
+
+# %% ../nbs/30_data.ipynb #4e1566f0
+def data_stage_cost(scaling, ratio, tokens: float, nodes: int, procs: int):
+    """The whole data stage's cost from its benchmarks (`scaling`: bench/results/data_scaling.csv, `ratio`:
+    bench/results/data_throughput.csv, as DataFrames): a figure of seconds per MB and peak RSS against corpus size, a
+    Markdown summary, and the hours `tokens` take on `nodes` nodes of `procs` processes at the largest size's tokens
+    per second per process."""
+    import matplotlib.pyplot as plt
+
+    s = scaling.sort_values("mb")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a1.plot(s.mb, s.s_per_mb, "o-", label="wall")
+    a1.plot(s.mb, s.cpu_s / s.mb / s.num_proc, "s--", label="CPU / processes")
+    a1.set(xscale="log", xlabel="corpus MB", ylabel="seconds per MB", ylim=(0, None), title="time")
+    a2.plot(s.mb, s.main_peak_rss_mb, "o-", label="main process")
+    a2.plot(s.mb, s.worker_peak_rss_mb, "s-", label="largest worker")
+    a2.set(xscale="log", xlabel="corpus MB", ylabel="peak RSS (MB)", ylim=(0, None), title="memory")
+    for a in (a1, a2):
+        a.legend()
+    fig.tight_layout()
+    big = s.iloc[-1]
+    rate = float(big.tokens / big.seconds / big.num_proc)  # tokens per second per process, the largest size
+    hours = tokens / (rate * nodes * procs) / 3600
+    node_gb = (procs * big.worker_peak_rss_mb + big.main_peak_rss_mb) / 1024
+    med = ratio[ratio["round"].astype(str) == "median"].iloc[-1]
+    rounds = ratio[ratio["round"].astype(str) != "median"]
+    flat = s.worker_peak_rss_mb.max() <= 1.1 * s.worker_peak_rss_mb.min()
+    flat &= s.main_peak_rss_mb.max() <= 1.1 * s.main_peak_rss_mb.min()
+    rows = "\n".join(
+        f"| {r.mb:,.0f} | {r.seconds:,.1f} | {r.s_per_mb:.3f} | {r.cpu_s / r.mb:.3f} | {r.main_peak_rss_mb:,.0f}"
+        f" | {r.worker_peak_rss_mb:,.0f} |"
+        for r in s.itertuples()
+    )
+    text = f"""At {med.mb:,.0f} MB in {med.files:.0f} files on {med.num_proc:.0f} processes ({med.cores:.0f} cores) the
+whole stage took a median {med.stage_s:.1f} s against {med.direct_fast_s:.1f} s for `encode_batch_fast` on the same
+texts and processes: **{med.ratio_fast:.2f}x** its speed ({rounds.ratio_fast.min():.2f}x to
+{rounds.ratio_fast.max():.2f}x over {len(rounds)} rounds; {med.cpu_ratio_fast:.2f}x in CPU seconds).
+
+| MB | seconds | s/MB | CPU s/MB | main peak RSS MB | largest worker peak RSS MB |
+|---:|---:|---:|---:|---:|---:|
+{rows}
+
+Peak memory {"does not grow" if flat else "grows"} with the corpus. At the largest size's {rate / 1e6:.2f}M tokens
+per second per process, {tokens / 1e9:,.0f}B tokens take about **{hours * 60:,.1f} minutes** on {nodes} nodes x
+{procs} processes, with about {node_gb:,.1f} GB of memory a node."""
+    return fig, text, {"hours": hours, "rate": rate, "node_gb": node_gb}
 
 # %% ../nbs/30_data.ipynb #043af793
 def token_report(rows: list[dict]):

@@ -1245,9 +1245,7 @@ def check_stage_jobs(cfg: Config, nbs=None) -> list[dict]:
             total += hours
             kind = f"{j['part']}, one process" if j["part"] in JOB_PARTS else S.launcher
             if j["part"] == "array":
-                kind = (
-                    f"array of {tasks} tasks, {at_once} at once, each one process on its share of the units"
-                )
+                kind = f"array of {tasks} tasks, {at_once} at once, each task on its share of the units"
             what = f"{S.nodes} node(s) x {S.gpus_per_node} GPU(s), {S.cpus_per_task} CPUs, {S.mem}, {S.time}"
             part = f"{S.partition or 'default'} partition, {what}, {kind}, {hours:,.0f} GPU-h"
             rows.append(_row(f"job {j['job']}", not bad, bad or part))

@@ -30,6 +30,30 @@ def settled(slurm, job, timeout=120) -> list[dict]:
         time.sleep(0.1)
 
 
+def cancelled_attempt(slurm, run, stage: str, overrides: list, pattern: str) -> dict:
+    """Submit STAGE-array and STAGE and cancel the array's third task (held back by %2): the stage's job is cancelled
+    by its dependency. The finished units' mtimes."""
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, stage, overrides)}
+    assert list(jobs) == [f"{stage}-array", stage]
+    slurm.run("scancel", f"{jobs[f'{stage}-array']}_2")
+    settled(slurm, jobs[f"{stage}-array"])
+    rec = slurm.wait(int(jobs[stage]), "CANCELLED", timeout=60)
+    assert rec["Reason"].startswith("Dependency"), rec
+    return {p.name: p.stat().st_mtime_ns for p in (run/stage/"units").glob(pattern)}
+
+
+def resubmitted_attempt(slurm, run, stage: str, overrides: list, pattern: str, first: dict) -> dict:
+    """Submit the chain again: every task and the stage's job complete, and the units finished before are not redone.
+    The stage job's record, with its units' mtimes."""
+    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, stage, overrides)}
+    rec = slurm.wait(int(jobs[stage]), "COMPLETED", timeout=180)
+    assert rec["ExitCode"] == "0:0", slurm.log(int(jobs[stage]))[-3000:]
+    assert all(r["JobState"] == "COMPLETED" for r in settled(slurm, jobs[f"{stage}-array"]))
+    again = {p.name: p.stat().st_mtime_ns for p in (run/stage/"units").glob(pattern)}
+    assert all(again[k] == v for k, v in first.items()), (first, again)
+    return {**rec, "units": again}
+
+
 @pytest.fixture
 def on_slurm(slurm, monkeypatch):
     "This process as a login node of the test SLURM: its tools and config, no variables of an enclosing job."
@@ -46,24 +70,12 @@ def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterr
     slurm = on_slurm
     run = tmp_path/"run"                                                       # the micro run's assets stage, copied
     shutil.copytree(micro_run[0]/"assets", run/"assets"); shutil.copy(micro_run[0]/"run.json", run/"run.json")
-    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "vocab", GRID)}
-    assert list(jobs) == ["vocab-array", "vocab"]
-    array = jobs["vocab-array"]
-    slurm.run("scancel", f"{array}_2")                                        # the third task, held back by %2
-    settled(slurm, array)
-    rec = slurm.wait(int(jobs["vocab"]), "CANCELLED", timeout=60)             # its dependency can no longer be met
-    assert rec["Reason"].startswith("Dependency"), rec
-    units = run/"vocab"/"units"
-    first = {p.name: p.stat().st_mtime_ns for p in units.glob("grid-*.json")}
+    first = cancelled_attempt(slurm, run, "vocab", GRID, "grid-*.json")
     assert len(first) == 4 and not (run/"vocab"/"manifest.json").exists(), sorted(first)   # tasks 0 and 1: 2 models each
     assert any(r["state"] == "CANCELLED" for r in chain_status(run))
-
-    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "vocab", GRID)}   # the chain again
-    rec = slurm.wait(int(jobs["vocab"]), "COMPLETED", timeout=180)
-    assert rec["ExitCode"] == "0:0", slurm.log(int(jobs["vocab"]))[-3000:]
-    assert all(r["JobState"] == "COMPLETED" for r in settled(slurm, jobs["vocab-array"]))
-    again = {p.name: p.stat().st_mtime_ns for p in units.glob("grid-*.json")}
-    assert len(again) == 6 and all(again[k] == v for k, v in first.items())  # finished shares were not redone
+    rec = resubmitted_attempt(slurm, run, "vocab", GRID, "grid-*.json", first)          # the chain again
+    again = rec["units"]
+    assert len(again) == 6                                                    # finished shares were not redone
     start = datetime.fromisoformat(rec["StartTime"]).timestamp()              # the notebook trained no model itself
     assert all(t / 1e9 < start + 2 for t in again.values()), (start, again)
     logs = sorted((run/"slurm").glob("*vocab-array-*_*.out"))
@@ -89,23 +101,11 @@ def test_the_data_stage_as_an_array_of_3_tasks_with_one_cancelled_and_resubmitte
         shutil.copytree(micro/stage, run/stage, symlinks=True)
     shutil.copy(micro/"run.json", run/"run.json")
     arr = ["cluster.stages.data.array=2", "cluster.stages.data.array_tasks=3"]
-    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "data", arr)}
-    assert list(jobs) == ["data-array", "data"]
-    slurm.run("scancel", f"{jobs['data-array']}_2")                            # the third task, held back by %2
-    settled(slurm, jobs["data-array"])
-    rec = slurm.wait(int(jobs["data"]), "CANCELLED", timeout=60)
-    assert rec["Reason"].startswith("Dependency"), rec
-    units = run/"data"/"units"
-    first = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
+    first = cancelled_attempt(slurm, run, "data", arr, "*.json")
     assert sorted(first) == ["zh-news_corpora_zh-news_train.jsonl.json", "zh-reviews-pos_corpora_zh-reviews-pos_train.jsonl.json"]
     assert not list(run.rglob("state.json"))                                  # no dataset assembled yet
-
-    jobs = {r["stage"]: r["job_id"] for r in submit_chain(MICRO, run, "data", arr)}   # the chain again
-    rec = slurm.wait(int(jobs["data"]), "COMPLETED", timeout=180)
-    assert rec["ExitCode"] == "0:0", slurm.log(int(jobs["data"]))[-3000:]
-    assert all(r["JobState"] == "COMPLETED" for r in settled(slurm, jobs["data-array"]))
-    again = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
-    assert len(again) == 3 and all(again[k] == v for k, v in first.items())  # finished files were not redone
+    rec = resubmitted_attempt(slurm, run, "data", arr, "*.json", first)        # the chain again
+    assert len(rec["units"]) == 3                                             # finished files were not redone
     assert (run/"data"/"token_report.csv").read_text() == (micro/"data"/"token_report.csv").read_text()
     for p in sorted(q for q in (micro/"data").rglob("state.json") if "sft" not in q.parts):   # SFT's are its own
         a, b = (load_from_disk(str(r/p.parent.relative_to(micro))).with_format("numpy")[:]["input_ids"] for r in (micro, run))

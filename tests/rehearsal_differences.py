@@ -128,7 +128,7 @@ ALLOWED: dict[str, tuple] = {   # key: (kind, reason) or, for a ratio, (kind, re
     "cluster.stages.*.time": (MACHINE, _time),
     "cluster.stages.*.mem": (MACHINE, _mem),
     "cluster.stages.*.array": (MACHINE, "job array tasks running at once: the one-node SLURM of the tests runs two"),
-    "cluster.stages.*.array_tasks": (MACHINE, "job array tasks: two shares of the rehearsal's four grid models, three of its three data files"),
+    "cluster.stages.*.array_tasks": (MACHINE, "job array tasks: two shares of the rehearsal's four grid models and of its three data files"),
     "cluster.stages.*.prepare.mem": (MACHINE, _mem),
     "cluster.stages.*.prepare.time": (MACHINE, _time),
     "cluster.stages.*.release.gpus_per_node": (MACHINE, _gpu),

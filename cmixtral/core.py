@@ -355,8 +355,8 @@ def excluded_by(rel: str, exclude) -> bool:
 
 # %% ../nbs/00_core.ipynb #a49c858e
 def _list(v) -> list:
-    "A config value as a list: a list as it is, one string as a list of it, anything else as []."
-    return [v] if isinstance(v, str) else list(v) if isinstance(v, list) else []
+    "A config value as a list: a list or tuple as a list, one string as a list of it, anything else as []."
+    return [v] if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else []
 
 
 def _entries(v) -> list[dict]:
@@ -607,10 +607,6 @@ def _hub_error(e: Exception) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _as_list(v) -> list:
-    return [v] if isinstance(v, str) else list(v or [])
-
-
 def _hub_snapshot(repo_id: str, patterns: list, repo_type: str, revision, exclude: list) -> Path:
     "The cached snapshot folder of `repo_id` after fetching the files matching `patterns` (offline: as cached)."
     from huggingface_hub import snapshot_download
@@ -657,7 +653,7 @@ def hub_files(
 ) -> list[Path]:
     """The files of hub repo `repo_id` matching glob `patterns` but none of `exclude`, fetched file by file into
     the Hugging Face cache (offline: found there); each pattern's files sorted, every pattern required to match."""
-    patterns, exclude = _as_list(patterns), _as_list(exclude)
+    patterns, exclude = _list(patterns), _list(exclude)
     snap = _hub_snapshot(repo_id, patterns, repo_type, revision, exclude)
     cached = [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
     return [snap / g for g in _hub_matching(cached, patterns, exclude, repo_id, repo_type)]
@@ -686,7 +682,7 @@ def hub_listing(
 ) -> list[tuple[str, int]]:
     """(name, bytes) of the files of hub repo `repo_id` that `hub_files` would give, from the hub's file listing,
     nothing fetched; offline, the cached files' (`hub_cached`)."""
-    patterns, exclude = _as_list(patterns), _as_list(exclude)
+    patterns, exclude = _list(patterns), _list(exclude)
     if not patterns:
         fail(f"hub {repo_type} {repo_id}: no file patterns given")
     if _hub_offline():

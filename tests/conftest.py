@@ -23,6 +23,15 @@ def slurm():
     with SlurmCluster() as cluster:
         yield cluster
 
+@pytest.fixture
+def slurm_login(slurm, monkeypatch):
+    "This process as a login node of the session's SLURM: its commands and config, no variables of an enclosing job."
+    for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv("PATH", slurm.env["PATH"])
+    return slurm
+
 @pytest.fixture(scope="session")
 def tok():
     "Mixtral-8x7B's own tokenizer, from the mistral-common package."

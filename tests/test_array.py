@@ -55,15 +55,11 @@ def resubmitted_attempt(slurm, run, stage: str, overrides: list, pattern: str, f
 
 
 @pytest.fixture
-def on_slurm(slurm, monkeypatch):
-    "This process as a login node of the test SLURM: its tools and config, no variables of an enclosing job."
-    for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
-        monkeypatch.delenv(k)
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    monkeypatch.setenv("PATH", slurm.env["PATH"])
+def on_slurm(slurm_login, monkeypatch):
+    "A login node of the test SLURM whose jobs import this checkout's cmixtral, quietly."
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("CMIXTRAL_QUIET", "1")
-    return slurm
+    return slurm_login
 
 
 def test_a_vocab_grid_array_with_a_cancelled_task_resubmitted_gives_the_uninterrupted_grid(on_slurm, micro_run, tmp_path):

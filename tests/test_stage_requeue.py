@@ -16,11 +16,8 @@ MICRO = ROOT/"configs/micro.yaml"
 GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3000,3500,4000,4500,5000,6000]"]
 
 
-def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm, micro_run, tmp_path, monkeypatch):
-    for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
-        monkeypatch.delenv(k)
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    monkeypatch.setenv("PATH", slurm.env["PATH"])
+def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm_login, micro_run, tmp_path):
+    slurm = slurm_login
     run = tmp_path/"run"                                                       # the micro run's assets stage, copied
     shutil.copytree(micro_run[0]/"assets", run/"assets"); shutil.copy(micro_run[0]/"run.json", run/"run.json")
     job = slurm.submit(write_sbatch(MICRO, "vocab", run_dir=run, overrides=GRID), f"--export=ALL,PYTHONPATH={ROOT},CMIXTRAL_QUIET=1")

@@ -14,14 +14,10 @@ MICRO = ROOT/"configs/micro.yaml"
 
 
 @pytest.fixture(autouse=True)
-def on_cluster(slurm, monkeypatch):
+def on_cluster(slurm_login):
     "SLURM's commands reach the session's cluster; whatever a test leaves running is cancelled after it."
-    for k in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
-        monkeypatch.delenv(k)
-    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    monkeypatch.setenv("PATH", slurm.env["PATH"])
     yield
-    slurm.cancel_all()
+    slurm_login.cancel_all()
 
 
 def until(pred, timeout:float=30, what:str="condition"):

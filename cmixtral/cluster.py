@@ -19,7 +19,7 @@ __all__ = ['STAGE_GPU_WORK', 'RELEASE_GPU_WORK', 'JOB_PARTS', 'ARRAY_KEYS', 'JOB
            'token_bytes', 'disk_plan', 'check_disk', 'preflight']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
-import dataclasses, json, math, os, re, shlex, shutil, subprocess, sys, time
+import dataclasses, functools, json, math, os, re, shlex, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import *
@@ -35,7 +35,14 @@ def nbs_dir() -> Path:
 
 def has_parameters_cell(nb_path: Path) -> bool:
     "Whether the notebook has a code cell tagged `parameters` (papermill's convention)."
-    nb = json.loads(Path(nb_path).read_text())
+    st = Path(nb_path).stat()
+    return _has_parameters_cell(str(nb_path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _has_parameters_cell(path: str, mtime_ns: int, size: int) -> bool:
+    "`has_parameters_cell` read once per version of the file (a chain of jobs asks for every notebook many times)."
+    nb = json.loads(Path(path).read_text())
     return any(
         "parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"] if c["cell_type"] == "code"
     )

@@ -4,7 +4,9 @@
 
 # %% ../nbs/70_codec.ipynb #e3d7eb3b
 from __future__ import annotations
-import json, math, tempfile, time
+import functools, json, math, tempfile, time
+from contextlib import contextmanager
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,8 +18,8 @@ from .checkpoint import load_mixtral_tokenizer
 __all__ = ['MEASURE_MB_PER_S', 'GRID_MB_PER_S', 'HUB_TEXT_BYTES', 'Codec', 'hf_codec', 'tekken_codec', 'measure', 'codec_key',
            'measure_codec', 'codec_table', 'table_markdown', 'plot_tokens_per_char', 'grid_sample', 'count_tokens',
            'grid_tokens_per_char', 'plot_vocab_curve', 'TokenizerSpec', 'TextSpec', 'CodecConfig', 'read_text_file',
-           'text_path', 'heldout_slices', 'gguf_fields', 'gguf_to_spm', 'gguf_check', 'load_gguf_tokenizer',
-           'gguf_codec', 'load_codec', 'codec_time_plan']
+           'text_path', 'heldout_slices', 'plain_gguf_reader', 'gguf_reader_swapped', 'gguf_fields', 'gguf_to_spm',
+           'gguf_check', 'load_gguf_tokenizer', 'gguf_codec', 'load_codec', 'codec_time_plan']
 
 # %% ../nbs/70_codec.ipynb #29a01316
 @dataclass
@@ -455,13 +457,43 @@ def heldout_slices(
         out[t.name] = (t.lang, cut_texts(read_text_file(text_path(t)), max_chars, whole_docs=True))
     return out
 
+# %% ../nbs/70_codec.ipynb #9a1c0f3e
+@functools.cache
+def plain_gguf_reader() -> type:
+    """`gguf.GGUFReader` over a plain `np.ndarray` view of the file's mapping instead of the `np.memmap` itself: the
+    same fields from the same bytes, without the per-slice Python of a memmap subclass."""
+    from gguf import GGUFReader
+
+    class PlainGGUFReader(GGUFReader):
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, mapped):
+            self._data = np.asarray(mapped)  # a base-class view: no copy
+
+    return PlainGGUFReader
+
+
+@contextmanager
+def gguf_reader_swapped():
+    """Lend `plain_gguf_reader()` to transformers' GGUF loader, which imports `gguf.GGUFReader` when it is called;
+    the original is back afterwards."""
+    import gguf
+
+    original = gguf.GGUFReader
+    gguf.GGUFReader = plain_gguf_reader()
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
 # %% ../nbs/70_codec.ipynb #4f03741e
 def gguf_fields(path, keys: tuple | None = None) -> dict:
     """The `tokenizer.ggml.*` fields of a GGUF file (tokens, scores, token_type, model, …), or only `keys` of them
     (reading 150,000 tokens takes seconds)."""
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(path))
+    r = plain_gguf_reader()(str(path))
     return {
         k.removeprefix("tokenizer.ggml."): f.contents()
         for k, f in r.fields.items()
@@ -539,7 +571,9 @@ def load_gguf_tokenizer(folder, file: str, cache) -> tuple:
             load_mixtral_tokenizer(spm_file).save_pretrained(tmp)
         else:
             try:
-                AutoTokenizer.from_pretrained(str(folder), gguf_file=file).save_pretrained(tmp)
+                with gguf_reader_swapped():
+                    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+                tok.save_pretrained(tmp)
             except Exception as e:
                 with atomic_path(failed) as f:
                     f.write_text(

@@ -39,6 +39,20 @@ def test_sentencepiece_gguf_rebuilt_faithfully(models, cache, name):
     ids = c.encode(ZH + EN)
     assert [c.decode(i) for i in ids] == ZH + EN
 
+def test_the_plain_view_reader_reads_every_field_as_ggufs_own_reader(models):
+    "LLaMA's vocabulary (string, float and integer arrays, scalars): every field's parts, offsets and types equal `gguf.GGUFReader`'s."
+    import gguf, numpy as np
+    path = str(models/"ggml-vocab-llama-spm.gguf")
+    want, got = gguf.GGUFReader(path), plain_gguf_reader()(path)
+    assert type(got.data) is np.ndarray and list(got.fields) == list(want.fields)
+    for k, f in want.fields.items():
+        g = got.fields[k]
+        assert (g.offset, g.data, g.types, len(g.parts)) == (f.offset, f.data, f.types, len(f.parts)), k
+        assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(g.parts, f.parts)), k
+    with gguf_reader_swapped():
+        assert gguf.GGUFReader is plain_gguf_reader()
+    assert gguf.GGUFReader is type(want)
+
 def test_unfaithful_and_broken_vocabularies_are_listed_not_dropped(models, cache, tmp_path):
     "A vocabulary whose ids disagree with llama.cpp's, or a file that does not load, becomes a row with the reason."
     name = "ggml-vocab-llama-spm.gguf"

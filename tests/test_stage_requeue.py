@@ -13,7 +13,7 @@ from vocab_reference import pieces, uninterrupted
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = ROOT/"configs/micro.yaml"
 # more grid models, one at a time, so that the warning lands while units remain
-GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3000,3500,4000,4500,5000,6000]"]
+GRID = ["vocab.workers=1", "vocab.zh_vocab_sizes=[2500,3500,4500,6000]"]
 
 
 def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm_login, micro_run, tmp_path):
@@ -29,7 +29,7 @@ def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm
     slurm.signal_batch(job, "USR1")                                            # SLURM's warning before the time limit
     slurm.wait(job, "PENDING", timeout=120)
     first = {p.name for p in units.glob("*.json")}
-    assert not (run/"vocab"/"manifest.json").exists() and len(first) < 2 * 14, sorted(first)
+    assert not (run/"vocab"/"manifest.json").exists() and len(first) < 2 * 8, sorted(first)
     slurm.release(job)
     rec = slurm.wait(job, "COMPLETED", timeout=120)
     assert rec["Restarts"] == "1" and rec["ExitCode"] == "0:0"
@@ -38,6 +38,6 @@ def test_a_warned_vocab_stage_requeues_and_gives_the_uninterrupted_outputs(slurm
     assert first < {p.name for p in units.glob("*.json")}
     grid, merged = uninterrupted(MICRO, GRID, run, tmp_path/"ref")
     got = pd.read_csv(run/"vocab"/"grid.csv")
-    assert (got.status == "trained").sum() == 14
+    assert (got.status == "trained").sum() == 8
     pd.testing.assert_frame_equal(got.drop(columns="seconds"), grid.drop(columns="seconds"))
     assert pieces(run/"vocab"/"merged.model") == merged

@@ -11,7 +11,7 @@ For each setup, in its own process (so that peak RSS is that setup's alone), on 
 it times `--steps` optimizer steps (AdamW, batch x block tokens of real training blocks) after one warm-up step,
 interleaved over `--rounds` rounds, and prints the median tokens/s, peak RSS and the ratios
 (QLoRA vs fp32 LoRA, gradient checkpointing on vs off, QLoRA vs full fine-tuning). A benchmark, not a test.
-Writes bench/out/pretrain_speed.csv.
+Writes bench/results/pretrain_speed.csv (nbs/40_pretrain prints it).
 
     OMP_NUM_THREADS=1 python bench/pretrain_speed.py --micro-batches 1,4,16 [--global-batch 16] [--model DIR] [--repeats 3]
 
@@ -366,7 +366,8 @@ if __name__ == "__main__":
     }
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x" if v else f"{k}: n/a")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    df.assign(load_average=round(os.getloadavg()[0], 1)).to_csv(out / "pretrain_speed.csv")
-    print(f"wrote {out / 'pretrain_speed.csv'}")
+    out = Path(__file__).parent / "results" / "pretrain_speed.csv"
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.assign(load_average=round(os.getloadavg()[0], 1), rounds=a.rounds, steps=a.steps).to_csv(tmp)
+    tmp.replace(out)
+    print(f"wrote {out}")

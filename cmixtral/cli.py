@@ -33,10 +33,14 @@ def _docs(a):
 
 
 def _adopt(a):
-    from cmixtral.docs import LIBRARY_CHAPTERS, adopt_run, execute_chapter, project_root
+    from cmixtral.docs import LIBRARY_CHAPTERS, adopt_run, execute_chapter, project_root, write_readme
 
     for nb, n in adopt_run(a.run_dir).items():
         print(f"{nb}: {n} cells" if nb.endswith(".ipynb") else f"{nb}: copied")
+    n = execute_chapter(
+        project_root() / "nbs" / "index.ipynb"
+    )  # the home page prints the figures just adopted
+    print(f"index.ipynb: executed, {n} cells with output; {write_readme()}")
     if a.library:
         for name in LIBRARY_CHAPTERS:
             n = execute_chapter(project_root() / "nbs" / f"{name}.ipynb")

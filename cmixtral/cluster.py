@@ -12,8 +12,8 @@ __all__ = ['STAGE_GPU_WORK', 'RELEASE_GPU_WORK', 'JOB_PARTS', 'ARRAY_KEYS', 'JOB
            'sbatch_directives', 'env_exports', 'node_check_command', 'sbatch_script', 'find_job', 'write_sbatch',
            'share_main', 'slurm_tool', 'run_slurm', 'jobs_file', 'submit_chain', 'parse_scontrol_record',
            'array_record', 'job_state', 'explain', 'chain_status', 'chain_failure', 'cancel_chain', 'format_table',
-           'local_paths', 'check_paths', 'check_heldout', 'needed_packages', 'check_packages', 'hub_repos',
-           'hub_offline', 'hub_access', 'check_hub', 'flash_attention_wanted', 'check_cuda', 'node_check',
+           'local_paths', 'check_paths', 'check_heldout', 'needed_packages', 'package_version', 'check_packages',
+           'hub_repos', 'hub_offline', 'hub_access', 'check_hub', 'flash_attention_wanted', 'check_cuda', 'node_check',
            'check_deepspeed', 'slurm_hours', 'gpu_hours', 'gpu_use_problem', 'check_stage_jobs', 'check_memory',
            'mem_gb', 'check_host_memory', 'stage_time_plans', 'check_time_plans', 'hub_cache_dir', 'hub_inputs',
            'token_bytes', 'disk_plan', 'check_disk', 'preflight']
@@ -1002,17 +1002,30 @@ def needed_packages(cfg: Config) -> list[str]:
     return need
 
 
+def package_version(name: str) -> str:
+    "The version of the installed distribution that provides module `name` ('' when no metadata names one)."
+    import importlib.metadata as md
+
+    for dist in dict.fromkeys((name, name.replace("_", "-"))):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return ""
+
+
 def check_packages(cfg: Config) -> list[dict]:
-    "One row per needed package: installed (found by importlib, not imported) or not."
+    "One row per needed package: installed (found by importlib, not imported) with its version, or not."
     import importlib.util
 
     rows = []
     for name in needed_packages(cfg):
         spec = importlib.util.find_spec(name)
-        where = str(Path(spec.origin).parent) if spec and spec.origin else ""
-        rows.append(
-            _row("package", spec is not None, f"{name}: {where}" if spec else f"{name} is not installed")
+        version = package_version(name) if spec else ""
+        detail = (
+            f"{name} {version}" if version else f"{name}: installed" if spec else f"{name} is not installed"
         )
+        rows.append(_row("package", spec is not None, detail))
     return rows
 
 # %% ../nbs/80_cluster.ipynb #c20ca89b

@@ -821,7 +821,8 @@ def write_figures(run_dir, path: Path, bench: Path | None = None) -> int:
 
 # %% ../nbs/95_docs.ipynb #c174aca2
 def readme_text(nb_path: Path) -> str:
-    "README Markdown from a notebook: Markdown cells verbatim, code cells as fenced blocks, hidden cells dropped."
+    """README Markdown from a notebook: Markdown cells verbatim, code cells as fenced blocks, hidden cells dropped, a
+    cell with `echo: false` as its Markdown output."""
     nb, parts = json.loads(Path(nb_path).read_text()), []
     for c in nb["cells"]:
         src = "".join(c["source"]).strip()
@@ -831,6 +832,14 @@ def readme_text(nb_path: Path) -> str:
             parts.append(src)
         elif c["cell_type"] == "code":
             opts, code = cell_options(src)
+            # a cell with a hidden source stands for its output (a table printed from the run's figures)
+            if opts.get("echo") == "false":
+                parts += [
+                    "".join(o["data"]["text/markdown"]).strip()
+                    for o in c.get("outputs", [])
+                    if "text/markdown" in o.get("data", {})
+                ]
+                continue
             lang = "bash" if code.startswith("!") else "python"
             parts.append(f"```{lang}\n{code.lstrip('!') if lang == 'bash' else code}\n```")
     text = "\n\n".join(parts).replace("](images/", "](nbs/images/")  # images live beside the notebooks

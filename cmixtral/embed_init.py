@@ -290,8 +290,8 @@ def new_token_mass(
 
 # %% ../nbs/20_embed_init.ipynb #82e1f02d
 def plot_bpc(df, title: str = ""):
-    """Grouped bars of bits per character (columns 'zh', 'en') for each row of `df` (the base first); returns the
-    Figure."""
+    """Bars of bits per character (columns 'zh', 'en') for each row of `df` (the base first, its level dashed), the
+    y-axes from zero; returns the Figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -302,7 +302,7 @@ def plot_bpc(df, title: str = ""):
         ax.axhline(vals.iloc[0], color="#888", lw=0.8, ls="--")
         ax.set_xticks(range(len(df)), df.index, rotation=20, ha="right")
         ax.set_title(name)
-        ax.set_ylim(min(vals) * 0.9, max(vals) * 1.04)
+        ax.set_ylim(0, max(vals) * 1.08)  # bars start at zero: their heights compare
         ax.set_ylabel("bits per character")
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)

@@ -21,8 +21,9 @@ __all__ = ['DEFAULT_PROMPTS', 'LETTERS', 'TASK_SPLITS', 'TASK_LAYOUT', 'REQUIRED
            'results_table', 'plot_results', 'summary_lines', 'expert_shares', 'routing_frame', 'plot_routing',
            'routing_contrast', 'ceval_rows', 'cmmlu_rows', 'mmlu_rows', 'hellaswag_rows', 'generate_task_data',
            'task_files', 'read_task_file', 'check_task_file', 'task_config', 'write_task_yamls', 'check_hub_task',
-           'layout_files', 'fetch_hub_tasks', 'find_models', 'eval_quant', 'load_model', 'model_key', 'free_model',
-           'measure_model', 'evaluate_models', 'eval_tables', 'mixtral_params', 'eval_time_plan', 'format_time_plan']
+           'layout_files', 'fetch_hub_tasks', 'find_models', 'model_lineage', 'lineage_markdown', 'eval_quant',
+           'load_model', 'model_key', 'free_model', 'measure_model', 'evaluate_models', 'eval_tables', 'mixtral_params',
+           'eval_time_plan', 'format_time_plan']
 
 # %% ../nbs/60_eval.ipynb #7de2a537
 DEFAULT_PROMPTS = [
@@ -243,24 +244,31 @@ def results_table(results: dict[str, dict], names: dict[str, str]) -> "pd.DataFr
     return pd.DataFrame(rows)
 
 
-def plot_results(table) -> "plt.Figure":
-    "Grouped bars: accuracy (%) of each model on each benchmark, with ±1 standard error and the 25% chance line."
+def plot_results(table, labels: dict | None = None) -> "plt.Figure":
+    """Grouped bars: accuracy (%) of each model on each benchmark, with ±1 standard error and the 25% chance line; the
+    legend (each model's name, or `labels[model]`) sits right of the axes, clear of every bar."""
     import matplotlib.pyplot as plt, numpy as np
 
     tasks, models = list(dict.fromkeys(table.task)), list(dict.fromkeys(table.model))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks), 3.4))
+    labels = {m: (labels or {}).get(m, m) for m in models}
+    legend_w = 0.4 + 0.06 * max(
+        len(x) for x in [*labels.values(), "chance"]
+    )  # inches the legend needs, at 8 pt
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks) + legend_w, 3.4))
     w = 0.8 / max(1, len(models))
     for i, m in enumerate(models):
         t = table[table.model == m].set_index("task").reindex(tasks)
         metric = [("acc_norm" if k == "hellaswag" else "acc") for k in tasks]
         y = [t.loc[k, c] for k, c in zip(tasks, metric)]
         e = [t.loc[k, c + "_stderr"] for k, c in zip(tasks, metric)]
-        ax.bar(np.arange(len(tasks)) + i * w - 0.4 + w / 2, y, w, yerr=e, label=m, capsize=2)
+        ax.bar(np.arange(len(tasks)) + i * w - 0.4 + w / 2, y, w, yerr=e, label=labels[m], capsize=2)
     ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels([k + (" (acc_norm)" if k == "hellaswag" else "") for k in tasks])
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+    )  # outside: hides no bar
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -894,6 +902,78 @@ def find_models(run_dir, names: list[str]) -> list[dict]:
             }
         out.append({"name": n, "status": "ok", **m})
     return out
+
+# %% ../nbs/60_eval.ipynb #c7a1e0d2
+def _metric(m: dict, key: str, default=None):
+    "A stage manifest's metric `key`, else its parameter `key`, else `default`."
+    return (m.get("metrics") or {}).get(key, (m.get("params") or {}).get(key, default))
+
+
+def model_lineage(run_dir, names: list[str]) -> list[dict]:
+    """One row {model, what, source} per model of `names` whose stage has finished: what the model is on this run, read
+    from the manifests of the stages that wrote it."""
+    run_dir, rows = Path(run_dir), []
+    init_method = (
+        _metric(read_manifest(run_dir, "embed_init"), "method") if stage_done(run_dir, "embed_init") else None
+    )
+    for n in names:
+        if n not in MODEL_STAGES:
+            fail(f"unknown eval model '{n}' (use {', '.join(MODEL_STAGES)})")
+        if not stage_done(run_dir, MODEL_STAGES[n]):
+            continue
+        m = read_manifest(run_dir, MODEL_STAGES[n])
+        if n == "base":
+            b = (m.get("params") or {}).get("base_model") or {}
+            what = (
+                f"the tiny Mixtral the assets stage pretrained ({b.get('num_hidden_layers')} layers, hidden "
+                f"{b.get('hidden_size')}, {b.get('num_local_experts')} experts, top-{b.get('num_experts_per_tok')})"
+                if b.get("source", "tiny") == "tiny"
+                else f"{b.get('path')} ({b.get('source')})"
+            )
+            rows.append({"model": n, "what": what + ", Mixtral's tokenizer", "source": "assets/base_model"})
+        elif n == "init":
+            s = _metric(m, "summary") or {}
+            size = (
+                f" to {s['rows']:,} rows ({s['new_tokens']:,} new pieces)"
+                if "rows" in s and "new_tokens" in s
+                else ""
+            )
+            how = " (chosen by `embed_init.method: auto`)" if _metric(m, "method_setting") == "auto" else ""
+            what = f"the base resized{size}, new rows initialised by `{init_method}`{how}, not trained"
+            rows.append({"model": n, "what": what, "source": "embed_init/model"})
+        elif n == "pretrained":
+            arm, chars = _metric(m, "main_arm"), _metric(m, "train_chars")
+            chars = chars.get(arm) if isinstance(chars, dict) else chars
+            if arm == "init":
+                start = f"`embed_init/model` itself (the `init` row, `{init_method}`)"
+            elif arm == "base-vocab":
+                start = "the base with Mixtral's vocabulary (no new pieces)"
+            else:
+                same = "the method of" if arm == init_method else "not"
+                start = (
+                    f"the base resized and initialised by `{arm}` within the pretrain stage ({same} `embed_init/model`, "
+                    f"which is `{init_method}`)"
+                )
+            amount = f" on {chars:,} characters" if isinstance(chars, int) else ""
+            what = f"arm `{arm}` after QLoRA continued pretraining{amount}; it started from {start}"
+            rows.append({"model": n, "what": what, "source": "pretrain/base + pretrain/adapter"})
+        else:
+            note, merge = _metric(m, "base_note"), _metric(m, "merge_base")
+            mix = ", ".join((m.get("params") or {}).get("mixture") or [])
+            what = f"started from {note or 'the pretrained model'}; QLoRA fine-tuning" + (
+                f" on {mix}" if mix else ""
+            )
+            what += f"; adapter merged into the `{merge}` base (`sft.merge_base`)" if merge else ""
+            rows.append({"model": n, "what": what, "source": "sft/model"})
+    return rows
+
+
+def lineage_markdown(rows: list[dict]) -> str:
+    "The lineage rows as a Markdown table."
+    return "\n".join(
+        ["| model | what it is on this run | files |", "|---|---|---|"]
+        + [f"| `{r['model']}` | {r['what']} | `{r['source']}` |" for r in rows]
+    )
 
 # %% ../nbs/60_eval.ipynb #c9844546
 def eval_quant(cfg: Config, S: EvalConfig) -> QuantSettings | None:

@@ -15,7 +15,8 @@ __all__ = ['QUANT_STATE_FIXED_BYTES', 'MARGIN', 'FRAGMENTATION', 'PHASES', 'PROC
            'param_groups', 'activation_bytes_per_token_layer', 'optimizer_bytes', 'gradient_rows', 'qlora_memory',
            'plan_peak', 'fits', 'inference_memory_4bit', 'training_setups', 'choose_setup', 'resolve_memory',
            'stage_gpus', 'padded_vocab', 'layer_forward_bytes', 'inference_memory', 'meta_model', 'merge_memory',
-           'host_plan', 'stage_memory', 'replace_vocab', 'memory_report', 'format_setups', 'format_memory']
+           'host_plan', 'stage_memory', 'replace_vocab', 'memory_report', 'format_setups', 'format_memory',
+           'model_sizes', 'describe_sizes']
 
 # %% ../nbs/81_memory.ipynb #470c007a
 @dataclass
@@ -747,3 +748,27 @@ def format_memory(r: dict) -> str:
         lines += ["", "host RAM per node:"]
         lines += [f"  {h['stage']:<9} {h['job']:<8} {h['host_gb']:8.2f} GB  {h['what']}" for h in r["host"]]
     return "\n".join(lines)
+
+# %% ../nbs/81_memory.ipynb #f29d5e31
+def model_sizes(model_config) -> dict:
+    """The weights of `model_config` alone: parameters (billions), vocabulary, GB (1e9 bytes) in bf16, in float32 and
+    in NF4 (`inference_memory_4bit`), and the fewest shards of at most 5 GB that hold the bf16 weights."""
+    total = param_groups(model_config, 0)["total"]
+    return {
+        "params_b": total / 1e9,
+        "vocab": model_config.vocab_size,
+        "bf16_gb": total * 2 / 1e9,
+        "fp32_gb": total * 4 / 1e9,
+        "nf4_gb": inference_memory_4bit(model_config),
+        "shards_5gb": -(-total * 2 // 5_000_000_000),
+    }
+
+
+def describe_sizes(model_config, name: str = "Mixtral-8x7B") -> str:
+    "One line of `model_sizes`: the size of a model as every chapter quotes it."
+    s = model_sizes(model_config)
+    return (
+        f"{name} ({s['vocab']:,}-piece vocabulary): {s['params_b']:.1f}B parameters, {s['bf16_gb']:.1f} GB in bf16 "
+        f"(at least {s['shards_5gb']} shards of at most 5 GB), {s['fp32_gb']:.1f} GB in float32, "
+        f"{s['nf4_gb']:.1f} GB in NF4"
+    )

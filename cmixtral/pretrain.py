@@ -28,15 +28,23 @@ from .checkpoint import save_model
 from .checkpoint import nf4_kernel_record
 from .data import DataConfig, dataset_entry, load_mixture, parse_mixture, read_registry, split_texts
 from .data import registry_path
-from .embed_init import CALIBRATED, METHODS, EmbedInitConfig, calibration_texts, init_rows
+from cmixtral.embed_init import (
+    CALIBRATED,
+    METHODS,
+    EmbedInitConfig,
+    calibration_texts,
+    init_model_path,
+    init_rows,
+)
 from .vocab import merged_tokenizer_path
 from .training import *
 
 # %% auto #0
-__all__ = ['ROLES', 'PretrainConfig', 'qlora_report', 'check_qlora', 'trainable_groups', 'module_role', 'layer_roles',
-           'plot_layer_roles', 'check_inputs', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path',
-           'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm', 'heldout_bpc', 'curve', 'arm_gaps',
-           'plot_arms', 'pretrained_paths', 'make_parser', 'prepare', 'train_command', 'main']
+__all__ = ['ROLES', 'INIT_ARM', 'PretrainConfig', 'qlora_report', 'check_qlora', 'trainable_groups', 'module_role', 'layer_roles',
+           'plot_layer_roles', 'check_inputs', 'mixture_texts', 'block_dataset', 'arm_tokenizer_path', 'check_arm',
+           'arm_method', 'arm_label', 'link_init_model', 'prepare_arm_model', 'arm_data', 'pretrain_dir', 'train_arm',
+           'heldout_bpc', 'curve', 'arm_gaps', 'plot_arms', 'seed_spread', 'seed_gap', 'pretrained_paths',
+           'make_parser', 'prepare', 'train_command', 'main']
 
 # %% ../nbs/40_pretrain.ipynb #bf9bb919
 @dataclass
@@ -44,9 +52,9 @@ class PretrainConfig:
     "The `pretrain` section of a config."
 
     arms: list = field(
-        default_factory=lambda: ["base-vocab", "normal", "mean"]
-    )  # 'base-vocab' or an embed_init method
-    main_arm: str = "mean"  # the arm whose model and adapter later stages use
+        default_factory=lambda: ["base-vocab", "normal", "mean", "init"]
+    )  # 'base-vocab', 'init' (the init stage's model as saved) or an embed_init method
+    main_arm: str = "init"  # the arm whose model and adapter later stages use
     mixture: str = ""  # training mixture ('' = the data section's mixture)
     train_chars: int = (
         60000  # characters of training text per arm (0: the whole packed mixture, main arm only)
@@ -304,9 +312,46 @@ def block_dataset(texts: list[str], tok, block_size: int):
     return Dataset.from_dict({"input_ids": x.tolist()})
 
 # %% ../nbs/40_pretrain.ipynb #90ce3050
+INIT_ARM = "init"  # the arm that continues the init stage's saved model, byte for byte
+
+
 def arm_tokenizer_path(run_dir, arm: str) -> Path:
     "Mixtral's tokenizer for the base-vocab arm, the merged tokenizer for the others."
     return base_tokenizer_path(run_dir) if arm == "base-vocab" else merged_tokenizer_path(run_dir)
+
+
+def check_arm(arm: str, where: str = "") -> str:
+    "`arm`, after failing in one line unless it is base-vocab, init or an embed_init method."
+    if arm != "base-vocab" and arm != INIT_ARM and arm not in METHODS:
+        fail(
+            f"{where}unknown pretrain arm '{arm}' (use base-vocab, {INIT_ARM} or one of {', '.join(METHODS)})"
+        )
+    return arm
+
+
+def arm_method(run_dir, arm: str) -> str:
+    "The init method of an arm's new rows: the arm's own name, or for `init` the method the init stage saved."
+    return read_manifest(run_dir, "embed_init")["metrics"]["method"] if arm == INIT_ARM else arm
+
+
+def arm_label(run_dir, arm: str) -> str:
+    "How tables and figures name an arm: `init` with the init stage's method, e.g. 'init (mean_calibrated)'."
+    return f"{arm} ({arm_method(run_dir, arm)})" if arm == INIT_ARM else arm
+
+
+def link_init_model(run_dir, out_dir, allow_copy: bool = False) -> Path:
+    "`out_dir` as the init stage's saved model: every file linked (copied only if `allow_copy`), with its source."
+    src_dir = init_model_path(run_dir)
+    src = {"arm": INIT_ARM, "model": light_checksum(src_dir)}
+    if (Path(out_dir) / "source.json").exists() and read_json(Path(out_dir) / "source.json") == src:
+        return Path(out_dir)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src_dir.iterdir()):
+            if f.is_file() and f.name != "source.json":  # the arm's own source.json is written below
+                link_or_copy(f, tmp / f.name, allow_copy, "pretrain.train.allow_copy")
+        write_json(tmp / "source.json", src)
+    return Path(out_dir)
 
 
 def prepare_arm_model(
@@ -319,13 +364,13 @@ def prepare_arm_model(
     allow_copy: bool = False,
 ) -> Path:
     """Write the arm's starting model (with its tokenizer) to `out_dir` unless it is there from the same base; return
-    `out_dir`."""
+    `out_dir`. The `init` arm's is the init stage's saved model itself (linked)."""
     out_dir, E = (
         Path(out_dir),
         E or EmbedInitConfig(),
     )  # E: the embed_init section (chunk, calibration text, block size)
-    if arm != "base-vocab" and arm not in METHODS:
-        fail(f"unknown arm '{arm}' (use base-vocab or one of {', '.join(METHODS)})")
+    if check_arm(arm) == INIT_ARM:
+        return link_init_model(run_dir, out_dir, allow_copy)
     src = {
         "arm": arm,
         "pad": pad_to_multiple_of,
@@ -530,6 +575,33 @@ def plot_arms(curves: dict, title: str = "", ref: str = "normal", gap_arms: list
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/40_pretrain.ipynb #7c1e0a02
+def seed_spread(rows, value: str = "bpc_zh"):
+    "Mean, smallest, largest and range of `value` for each model of `rows` (columns seed, model, `value`) over seeds."
+    g = rows.groupby("model", sort=False)[value]
+    out = g.agg(["mean", "min", "max"]).assign(range=lambda t: t["max"] - t["min"], seeds=g.size())
+    return out
+
+
+def seed_gap(rows, a: str, b: str, value: str = "bpc_zh") -> dict:
+    """`a` minus `b` in `value`, seed by seed, and whether that gap is distinguishable: the same sign under every seed
+    and a mean gap larger than either model's own range over the seeds."""
+    x = rows.pivot_table(index="seed", columns="model", values=value)[[a, b]].dropna()
+    if len(x) < 2:
+        fail(f"seed_gap: {a} and {b} share fewer than two seeds ({len(x)})")
+    gap, spread = x[a] - x[b], seed_spread(rows[rows.model.isin([a, b])], value)["range"]
+    same_sign = bool((gap > 0).all() or (gap < 0).all())
+    return {
+        "a": a,
+        "b": b,
+        "seeds": len(x),
+        "mean_gap": float(gap.mean()),
+        "min_gap": float(gap.min()),
+        "max_gap": float(gap.max()),
+        "largest_range": float(spread.max()),
+        "distinguishable": same_sign and abs(float(gap.mean())) > float(spread.max()),
+    }
 
 # %% ../nbs/40_pretrain.ipynb #91c96ff2
 def pretrained_paths(run_dir) -> tuple[Path, Path]:

@@ -361,17 +361,19 @@ def plot_alp(grid, chosen: dict | None = None, knees: dict | None = None):
             ax.plot(k["zh_vocab_size"], k["alp"], "s", mfc="none", mec=line.get_color(), ms=10)
     if chosen:
         ax.plot(chosen["zh_vocab_size"], chosen["alp"], "*", color="k", ms=15, label="chosen knee")
-        ax.annotate(
-            f"+{int(chosen['added_pieces']):,} pieces",
+        ax.annotate(  # above and left of the curves, away from the other knees
+            f"chosen: +{int(chosen['added_pieces']):,} pieces",
             (chosen["zh_vocab_size"], chosen["alp"]),
             textcoords="offset points",
-            xytext=(8, -14),
+            xytext=(-30, 30),
+            ha="right",
+            arrowprops=dict(arrowstyle="->", lw=0.8),
         )
     ax.set_xlabel("Chinese vocabulary size (pieces)")
     ax.set_ylabel("ALP (nats per sentence)")
     ax.set_title("ALP of Chinese BPE vocabularies (knees: squares)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")  # below the rising curves
     fig.tight_layout()
     return fig
 

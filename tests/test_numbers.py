@@ -1,11 +1,57 @@
-"""Every measured-looking number in the notebooks' prose is traced: to an output of the same notebook, to the run's
-figures (`nbs/figures.json`, written by `cmixtral adopt`), or to a published source (`nbs/cited_numbers.yaml`)."""
-import bisect, json, re, subprocess
+"""Every measured-looking number in the notebooks' prose is traced to a source that holds it, as the prose rounds it.
+
+Where a number may come from:
+- a stage chapter (`30_data`): the outputs of that notebook, the figures of its own stage in `nbs/figures.json` (keys
+  `data.…`, `data/…`, `pipeline.data.seconds`, written by `cmixtral adopt`), and the published numbers of
+  `nbs/cited_numbers.yaml` (each with the document that holds it);
+- any other chapter: its own outputs and the cited numbers;
+- the index: its own outputs, the cited numbers, and, for a block of it (from a heading or a paragraph opening in bold
+  to the next, across cells), the outputs and stage figures of every notebook the block names (`40_pretrain`,
+  `nbs/81_memory`) and the figures of every table it names (`bench/out/fresh.csv`). A block that states a stage's
+  figure names that stage's notebook.
+
+What counts: a decimal, an integer from 10 up, any percentage and any signed number in a Markdown cell; not code,
+links, formulas, versions (`v2`, `4.57.1`, `transformers 4.57`), identifiers (`zh_c3500`, `Qwen2-1.5B`, `seed 004`),
+code points and years.
+
+How a number matches (one rule each):
+- value: a source value rounds to it at the decimals the prose shows (7.40 holds 7.4003, not 7.4071).
+- sign: a number written with a sign (−, - or +) matches only a value of that sign, one without a sign only a value
+  that is not negative (−23% is not 23%).
+- percentage: 23.2% matches a value printed as 23.2%, a figure whose key ends in `pct`, or the fraction 0.232 (of that
+  sign) anywhere; never a bare 23.2 or a value with another unit.
+- unit: a number written with a unit (446 MiB, 13.1 s, 2.4 min, 606M) matches only a value printed with the same unit
+  in an output, a figure whose key names it (`…seconds` and `…timings…` s, `…minutes` min, `…_gb` GB, `…bytes` B), a
+  cited number whose source prints it with that unit, or, for a scale letter (k, M, B), the value times the scale; a
+  number without a unit matches only a value without one (446 is not 446 MiB).
+- integer: a whole number (not a percentage) matches only a whole value, unless the prose says it is rounded
+  ("about 46", "≈ 93", "nearly", "over"): 64 does not hold 65.69.
+- order: two neighbouring numbers of the same kind (unit; decimal or integer) in one table row, or two neighbouring
+  decimals of the same kind in one sentence, that one output line (a line of text, a table's row) holds together
+  stand in that line's order.
+- row: when the first cell of a table row names a row of an output table (the words before a line's first number)
+  or of a figure (a table's row label in its key, `pretrain/arms.csv:mean:zh`) that holds one of the row's numbers,
+  every number of the row has a source in that row (two arms' values swapped are caught).
+
+`check_book` (and `check_notebook`, for one) is the one implementation: the tests below and `bench/mutate_numbers.py`,
+which plants wrong numbers and counts the ones caught, both call it.
+"""
+
+import bisect
+import hashlib
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from itertools import pairwise
 from pathlib import Path
-import pytest, yaml
+
+import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-NBS = ROOT/"nbs"
+NBS = ROOT / "nbs"
 
 
 def shared_dir() -> Path:
@@ -23,64 +69,413 @@ SHARED = shared_dir()
 CITED = NBS/"cited_numbers.yaml"
 FIGURES = NBS/"figures.json"
 NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
+ANY = "*"                                                  # the unit of a cited number whose source is not at hand
 
 # Prose that holds no measured number: code, link targets and URLs, HTML tags, and display formulas.
 NOT_PROSE = re.compile(r"```.*?```|~~~.*?~~~|`[^`\n]*`|\]\([^)\s]*(?:\s+\"[^\"]*\")?\)|^\s*\[[^\]]+\]:\s*\S+"
-                       r"|<https?://[^>]*>|https?://\S+|<[^>\n]+>|\$\$.*?\$\$", re.S | re.M)
-# A number as prose writes it: optional `v`, digits with thousands separators, decimals, a unit, a percent sign.
-# Not a number: part of a word or path (`zh_c3500`, `Qwen2-1.5B`), a code point (U+3001).
-PROSE_NUMBER = re.compile(r"(?<![\w.,/\\#@])(?<!\w-)(?<!U\+)(v?)(\d+(?:,\d{3}(?!\d))*(?:\.\d+)*)([A-Za-z]*)(%?)(?![\w/])")
+                       r"|<https?://[^>]*>|https?://\S+|<[^>\n]+>|\$\$.*?\$\$", re.DOTALL | re.MULTILINE)
 SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}     # 606M tokens, 46.7B parameters
-UNITS = {"", "x", "s", "ms", "h", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", *SCALE}
+# Units, as written after a number (with or without a space), to one spelling each.
+UNIT_WORDS = {"%": "%", "points": "pt", "pp": "pt", "B": "B", "bytes": "B", "byte": "B", "KB": "KB", "MB": "MB",
+              "GB": "GB", "TB": "TB", "KiB": "KiB", "MiB": "MiB", "GiB": "GiB", "TiB": "TiB", "ms": "ms", "s": "s",
+              "sec": "s", "seconds": "s", "second": "s", "min": "min", "minutes": "min", "minute": "min", "h": "h",
+              "hours": "h", "hour": "h", "MB/s": "MB/s"}
+ATTACHED = {"", "x", *SCALE, *(u for u in UNIT_WORDS if u.isalpha() and u not in ("bytes", "byte", "points", "pp"))}
+_UNIT_RE = "|".join(sorted((re.escape(u) for u in UNIT_WORDS if u not in ("B", "%")), key=len, reverse=True))
+SPACED_UNIT = re.compile(rf"[ \u00a0]({_UNIT_RE})(?![\w/])")
+# A number as prose writes it: a sign, digits with thousands separators, decimals, a unit or scale, a percent sign.
+# Not a number: part of a word or path (`zh_c3500`, `Qwen2-1.5B`, `2-3`), a code point (U+3001).
+PROSE_NUMBER = re.compile(r"(?<![\w.,/\\#@−+-])(?<!U\+)(v?)([−+-]?)(\d+(?:,\d{3}(?!\d))*(?:\.\d+)*)([A-Za-z]*)(%?)(?![\w/])")
 # A number right after a package's name is its version: transformers 4.57, Python 3.11.
 PACKAGES = re.compile(r"(?:python|transformers|torch|pytorch|peft|bitsandbytes|tokenizers|sentencepiece|datasets"
-                      r"|lm-eval|lm_eval|pip|deepspeed|nbdev|accelerate|trl|numpy|pandas|cuda|matplotlib|license|slurm)\s*(?:>=|==|<)?\s*$", re.I)
-# A number in an output: thousands separators or not, signs, exponents.
-OUTPUT_NUMBER = re.compile(r"\d{1,3}(?:,\d{3}(?!\d))+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+")
+                      r"|lm-eval|lm_eval|pip|deepspeed|nbdev|accelerate|trl|numpy|pandas|cuda|matplotlib|license|slurm)\s*(?:>=|==|<)?\s*$"
+                      r"|arxiv:\s*$", re.IGNORECASE)                                   # and a paper's arXiv number: arXiv:2401.01055
+# A number in an output: a sign, thousands separators or not, exponents, then maybe a unit.
+OUTPUT_NUMBER = re.compile(r"(?<![\w.])([−+-]?)(\d{1,3}(?:,\d{3}(?!\d))+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+)"
+                           rf"(?:\s?(%|(?:{_UNIT_RE}|[kMBT])(?![\w/])))?")
+ABOUT = re.compile(r"(?:about|≈|~|roughly|nearly|around|almost|some|over|under|up to|at most|at least|just)\s*$", re.IGNORECASE)
+NOTEBOOK_NAME = re.compile(r"(?<![\w/])(?:nbs/)?(\d\d_[a-z_]+)(?![\w])")
+TABLE_NAME = re.compile(r"(?<![\w])([\w-]+\.csv)(?![\w])")
+
+
+@dataclass(frozen=True)
+class Number:
+    "A number as prose writes it."
+    text: str
+    value: float                  # signed
+    decimals: int
+    unit: str | None              # "%", "s", "MiB", a scale letter ("M"), or None
+    start: int
+    end: int
+    signed: bool = False
+    about: bool = False           # "about 93 GB", "≈ 46": an integer rounded from a decimal
+
+
+def _mask(md: str) -> str:
+    return NOT_PROSE.sub(lambda m: " "*len(m.group()), md)
 
 
 def measured_numbers(md: str):
-    "(text, value, decimals, is_percent, unit scale, start) of each measured-looking number in markdown `md`."
-    masked = NOT_PROSE.sub(lambda m: " "*len(m.group()), md)
+    "Each measured-looking `Number` in markdown `md`, in order."
+    masked = _mask(md)
     for m in PROSE_NUMBER.finditer(masked):
-        v, body, unit, pct = m.groups()
-        if v or body.count(".") > 1 or unit not in UNITS or PACKAGES.search(masked[max(0, m.start() - 20):m.start()]):
+        v, sign, body, attached, pct = m.groups()
+        if v or body.count(".") > 1 or attached not in ATTACHED or PACKAGES.search(masked[max(0, m.start() - 20):m.start()]):
             continue                                                      # versions, identifiers, hex
         digits, _, frac = body.replace(",", "").partition(".")
-        if not frac and (len(digits) < 3 or digits.startswith("0")):   # small, or a name (seed 004)
+        if not frac and digits.startswith("0") and len(digits) > 1:      # a name (seed 004)
             continue
-        if not frac and "," not in body and len(digits) == 4 and 1900 <= int(digits) <= 2100:   # a year
+        unit, end = (pct and "%") or (UNIT_WORDS.get(attached) if attached not in SCALE else attached) or None, m.end()
+        if attached == "x":
+            unit = None
+        if unit is None and not pct and (s := SPACED_UNIT.match(masked, m.end())):
+            unit, end = UNIT_WORDS[s.group(1)], s.end()
+        if not frac and not sign and unit not in ("%", "pt") and int(digits) < 10:   # small counts: 2 cores, 4 levels
             continue
-        yield m.group(), float(body.replace(",", "")), len(frac), bool(pct), SCALE.get(unit, 1.0), m.start()
+        if (not frac and not sign and unit is None and "," not in body and len(digits) == 4
+                and 1900 <= int(digits) <= 2100):                          # a year
+            continue
+        value = float(body.replace(",", "")) * (-1 if sign in "−-" and sign else 1)
+        about = bool(ABOUT.search(masked[max(0, m.start() - 16):m.start()]))
+        yield Number(md[m.start():end], value, len(frac), unit, m.start(), end, bool(sign), about)
 
 
-def output_values(nb: dict) -> list:
-    "The numbers in the outputs of `nb` (text/plain, text/markdown, text/html, streams), sorted, as absolute values."
-    texts = []
-    for c in nb["cells"]:
+def figure_unit(key: str) -> str | None:
+    "The unit a figure's key names: seconds (and manifest timings), minutes, percent (`…pct`), GB, MB, bytes."
+    leaf = re.split(r"[.:]", key)[-1].lower()
+    if leaf.endswith("seconds") or leaf == "eval_runtime" or ".timings." in key:
+        return "s"
+    if leaf.endswith("minutes"):
+        return "min"
+    if leaf.endswith("pct"):
+        return "%"
+    if leaf.endswith("mb_per_s"):
+        return "MB/s"
+    for suffix, unit in (("_gb", "GB"), ("_mb", "MB"), ("bytes", "B")):
+        if leaf.endswith(suffix):
+            return unit
+    return None
+
+
+def output_texts(nb: dict):
+    "(cell index, text) of each output of `nb`: streams, text/plain, text/markdown, and text/html with one row a line."
+    for i, c in enumerate(nb["cells"]):
         for o in c.get("outputs", []):
-            texts.append(o.get("text", ""))
-            texts += [o.get("data", {}).get(k, "") for k in ("text/plain", "text/markdown", "text/html")]
-    text = " ".join(t if isinstance(t, str) else "".join(t) for t in texts)
-    return sorted(abs(float(n.replace(",", ""))) for n in OUTPUT_NUMBER.findall(text))
+            parts = [o.get("text", "")] + [o.get("data", {}).get(k, "") for k in ("text/plain", "text/markdown")]
+            html = o.get("data", {}).get("text/html", "")
+            html = html if isinstance(html, str) else "".join(html)
+            if html:
+                rows = re.split(r"</tr>|<br\s*/?>|\n(?=[^<\s])", html)
+                parts.append("\n".join(" ".join(re.sub(r"<[^>]+>", " ", r).split()) for r in rows))
+            for t in parts:
+                t = t if isinstance(t, str) else "".join(t)
+                if t:
+                    yield i, t
 
 
-def matches(values: list, value: float, decimals: int, percent: bool = False, scale: float = 1.0) -> bool:
-    """Whether a sorted list of absolute `values` holds `value` as prose rounds it: as written, times its unit's `scale`
-    (606M: 606e6), and as a fraction if a percentage (23.1%: 0.231)."""
-    tol = 0.5*10**-decimals*(1 + 1e-9)
-    for target, per in [(value, 1.0), (value*scale, 1/scale)] + ([(value/100, 100.0)] if percent else []):
-        i = bisect.bisect_left(values, target - tol/per)
-        if i < len(values) and values[i] <= target + tol/per:
-            return True
-    return False
+@dataclass
+class Pool:
+    """Values a number may match: (value, unit, line) sorted by value; `line` names one output line (None for a figure
+    or a cited number)."""
+    values: list
+    entries: list
+    labels: dict                  # output line (name, cell, line) -> the words of that line
+
+    @classmethod
+    def of(cls, entries, labels=None) -> "Pool":
+        entries = sorted(entries, key=lambda e: e[0])
+        return cls([e[0] for e in entries], entries, labels or {})
+
+    def __add__(self, other):
+        return Pool.of(self.entries + other.entries, self.labels | other.labels)
+
+    def vocab(self) -> frozenset:
+        "Every label word of the pool."
+        if "_vocab" not in self.__dict__:
+            self._vocab = frozenset().union(*(w for h in self.entries if (w := self.words(h)) is not None))
+        return self._vocab
+
+    def words(self, entry) -> frozenset | None:
+        "The label words of an entry: its output line's words, its figure key's parts; None for a cited number."
+        where = entry[2]
+        if where is None:
+            return None
+        return self.labels.get(where[:3], frozenset()) if isinstance(where, tuple) else key_words(where)
+
+    def hits(self, n: Number) -> list:
+        "The entries that hold `n` as the prose writes it: value and decimals, sign, percent, unit or scale."
+        tol = 0.5*10**-n.decimals*(1 + 1e-9)
+        out = []
+
+        def take(target, tol, ok):
+            i = bisect.bisect_left(self.values, target - tol)
+            while i < len(self.values) and self.values[i] <= target + tol:
+                if ok(self.entries[i]):
+                    out.append(self.entries[i])
+                i += 1
+
+        sign_ok = lambda e: ((e[0] < 0) == (n.value < 0) or e[0] == 0) and (
+            n.decimals or n.about or n.unit == "%" or e[0] == round(e[0]))
+        if n.unit is None:
+            take(n.value, tol, lambda e: sign_ok(e) and e[1] in (None, ANY, *SCALE))
+        elif n.unit in SCALE:
+            take(n.value, tol, lambda e: sign_ok(e) and e[1] in (n.unit, ANY))
+            take(n.value*SCALE[n.unit], tol*SCALE[n.unit], lambda e: sign_ok(e) and e[1] is None)
+        else:
+            take(n.value, tol, lambda e: sign_ok(e) and e[1] in (n.unit, ANY))
+            if n.unit == "%":
+                take(n.value/100, tol/100, lambda e: sign_ok(e) and e[1] is None)
+        return out
+
+
+def output_pool(nb: dict, name: str) -> Pool:
+    "The numbers in the outputs of `nb`, each with its unit and its line (`name`, cell, output line)."
+    entries, labels = [], {}
+    for i, text in output_texts(nb):
+        for j, line in enumerate(text.splitlines()):
+            labels[(name, i, j)] = words(OUTPUT_NUMBER.split(line, maxsplit=1)[0])   # the row's name
+            for k, m in enumerate(OUTPUT_NUMBER.finditer(line)):
+                sign, body, unit = m.groups()
+                try:
+                    v = float(body.replace(",", "")) * (-1 if sign in ("−", "-") else 1)
+                except ValueError:
+                    continue
+                entries.append((v, UNIT_WORDS.get(unit, unit), (name, i, j, k)))
+    return Pool.of(entries, labels)
+
+
+STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "is", "it", "its", "of", "on", "or", "the", "to", "with", "per", "all", "each", "one", "two", "not", "no", "this", "that", "than", "into", "out", "over", "under", "after", "before", "total", "mean"]) - {"mean"}
+
+
+def words(text: str) -> frozenset:
+    "The lower-case words of `text` (a line, a figure key), code marks and possessives dropped: `first_piece`'s -> first_piece."
+    return frozenset(w.lower().removesuffix("'s") for w in re.findall(r"[A-Za-z][\w'-]*[A-Za-z0-9]|[A-Za-z]", text)
+                     if w.lower() not in STOP)
+
+
+def key_words(key: str) -> frozenset:
+    """The row a figure's key names: a table's row label (`pretrain/arms.csv:mean:zh` -> mean), or the parts of a
+    manifest key between its part and its leaf (`eval.metrics.bpc.sft.zh` -> bpc, sft)."""
+    if ":" in key:
+        return words(key.split(":")[1]) if key.count(":") >= 2 else frozenset()
+    parts = key.split(".")
+    return words(" ".join(parts[2:-1]))
+
+
+def label_flags(md: str, found: list, pools: dict) -> list:
+    """(number, why) for the label rule: when the first cell of a table row names the row of an output table (the
+    words before a line's first number) or of a figure (its key's row) that holds one of the row's numbers, some
+    source of each of the row's numbers is that row (unless some source of it names no row: a cited number, a bare
+    line)."""
+    out = []
+    for s, e, row in segments(md):
+        if not row:
+            continue
+        head = words(md[s:e].strip().strip("|").split("|")[0].replace("`", ""))
+        inside = [(n, [pools[n].words(h) for h in hits]) for n, hits in found if s <= n.start < e]
+        named = head & set().union(*(w for _, ws in inside for w in ws if w is not None))
+        for n, ws in inside:
+            if named and ws and all(ws) and not any(w & named for w in ws):      # a source of no named row: no say
+                out.append((n, f"no source of it is the row {', '.join(sorted(named))}"))
+    return out
+
+
+def stage_of(name: str) -> str:
+    return re.sub(r"^\d+_", "", name)
+
+
+def own_figures(figures: dict, notebook) -> dict:
+    "The figures of the stage a chapter runs (`30_data` -> keys `data.…`, `data/…`, `pipeline.data.seconds`)."
+    stage = stage_of(Path(notebook).stem)
+    own = lambda k: k.startswith((f"{stage}.", f"{stage}/")) or k == f"pipeline.{stage}.seconds"
+    return {k: v for k, v in figures.items() if own(k)}
+
+
+def figure_pool(figures: dict) -> Pool:
+    return Pool.of([(float(v), figure_unit(k), k) for k, v in figures.items()])
+
+
+def source_path(source: str) -> Path:
+    "A cited number's source: a file of this repository (`configs/…`), else a document under `../shared`."
+    return ROOT/source if (ROOT/source).is_file() else SHARED/source
+
+
+@lru_cache(maxsize=8)
+def _cited_pool(text: str) -> Pool:
+    entries = []
+    for e in yaml.safe_load(text) or []:
+        number = str(e["number"]).replace(",", "")
+        src = source_path(e["source"])
+        if not src.is_file():
+            entries.append((float(number), ANY, None))
+            continue
+        for j, line in enumerate(src.read_text(encoding="utf-8", errors="replace").splitlines()):
+            for k, m in enumerate(OUTPUT_NUMBER.finditer(line)):     # where, and with which unit, its source prints it
+                if m.group(2).replace(",", "") == number:
+                    entries.append((float(number), UNIT_WORDS.get(m.group(3), m.group(3)), (e["source"], -1, j, k)))
+    return Pool.of(entries)
+
+
+def cited_pool(path: Path = CITED) -> Pool:
+    "The cited numbers, each with every unit its source prints it with (any unit if the source is not at hand)."
+    return _cited_pool(Path(path).read_text(encoding="utf-8"))
+
+
+def segments(md: str) -> list:
+    "(start, end, is_table_row) of the sentences and table rows of markdown `md`."
+    out, pos = [], 0
+    for line in md.splitlines(keepends=True):
+        if line.lstrip().startswith("|"):
+            out.append((pos, pos + len(line), True))
+        else:
+            start = pos
+            for m in re.finditer(r"(?<=[.;!?。])\s+|\n\s*\n|\n(?=\s*[-*] )", line):
+                out.append((start, pos + m.start(), False))
+                start = pos + m.end()
+            out.append((start, pos + len(line), False))
+        pos += len(line)
+    return out
 
 
 def sentence(md: str, i: int) -> str:
-    "The sentence of `md` around position `i`, on one line."
-    start = max([md.rfind(s, 0, i) for s in (". ", "\n\n", "。", "! ", "? ", "\n|", "\n- ")] + [-1])
-    ends = [j for j in (md.find(s, i) for s in (". ", ".\n", "\n\n", "。", "\n|")) if j >= 0]
-    return " ".join(md[start + 1:min(ends, default=len(md)) + 1].split()).lstrip("|-. ")
+    "The sentence or table row of `md` around position `i`, on one line."
+    s, e, _ = next((s for s in segments(md) if s[0] <= i < s[1]), (0, len(md), False))
+    return " ".join(md[s:e].split()).strip("|-. ")
+
+
+def index_blocks(md: str, names: set) -> list:
+    """(start, end, named notebooks, named tables) of the blocks of an index cell: a block starts at the cell, at a
+    heading and at a paragraph opening in bold, and holds the tables that follow its text."""
+    starts = [0] + [m.start(1) for m in re.finditer(r"\n\s*\n(#|\*\*)", md) if m.start(1) > 0]
+    out = []
+    for s, e in zip(starts, starts[1:] + [len(md)]):
+        text = md[s:e]
+        out.append((s, e, {n for n in NOTEBOOK_NAME.findall(text) if n in names}, set(TABLE_NAME.findall(text))))
+    return out
+
+
+@dataclass(frozen=True)
+class Flag:
+    notebook: str
+    cell: int
+    number: str
+    why: str
+    sentence: str
+
+    def __str__(self):
+        return f"{self.notebook} cell {self.cell}: {self.number} ({self.why}) in: {self.sentence}"
+
+
+@lru_cache(maxsize=64)
+def _notebook(path: str, digest: str) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _digest(path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def read_notebook(path: Path) -> dict:
+    return _notebook(str(path), _digest(path))
+
+
+@lru_cache(maxsize=64)
+def _outputs(path: str, digest: str) -> Pool:
+    return output_pool(_notebook(path, digest), Path(path).stem)
+
+
+def notebook_outputs(path: Path) -> Pool:
+    return _outputs(str(path), _digest(path))
+
+
+@lru_cache(maxsize=8)
+def _figures(path: str, mtime: int) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_figures(path: Path) -> dict:
+    return _figures(str(path), Path(path).stat().st_mtime_ns)
+
+
+def _kind(n: Number) -> tuple:
+    return (n.unit, n.decimals > 0)
+
+
+def order_flags(md: str, found: list, where) -> list:
+    """(number, why) for the order rule: two neighbouring numbers of the same kind (unit, decimal or not) in one table
+    row, or two neighbouring decimals of the same kind in one sentence, that an output line holds together stand in
+    its order. `found` is [(Number, hits)] of the traced numbers."""
+    out = []
+    for s, e, row in segments(md):
+        inside = []
+        for n, hits in found:
+            if s <= n.start < e:
+                lines = {}
+                for h in hits:
+                    if isinstance(h[2], tuple) and (h[2][1] != -1 or n.decimals):   # a cited integer: prose order
+                        lines.setdefault(h[2][:3], []).append(h[2][3])
+                inside.append((n, lines))
+        for kind in {_kind(n) for n, _ in inside}:
+            same = [(n, l) for n, l in inside if _kind(n) == kind]
+            if not row and not kind[1]:
+                continue
+            for (a, la), (b, lb) in pairwise(same):
+                common = set(la) & set(lb)
+                if a.value != b.value and common and all(min(la[l]) > max(lb[l]) for l in common):
+                    out.append((b, f"stands before {a.text} in output line {where(min(common))}"))
+    return out
+
+
+def check_notebook(path, nbs=None, figures_path=None, cited_path=None) -> list:
+    "The `Flag`s of the notebook at `path`: numbers in its prose no source of it holds as written, or out of order."
+    path = Path(path)
+    nbs = Path(nbs or path.parent)
+    figures = read_figures(figures_path or nbs/"figures.json")
+    cites = cited_pool(cited_path or nbs/"cited_numbers.yaml")
+    nb, name = read_notebook(path), path.stem
+    names = {p.stem for p in nbs.glob("*.ipynb")}
+
+    @cache
+    def sources(notebooks: frozenset, tables: frozenset) -> Pool:
+        pool = cites
+        for n in notebooks:
+            pool = pool + notebook_outputs(nbs/f"{n}.ipynb") + figure_pool(own_figures(figures, n))
+        for t in tables:
+            pool = pool + figure_pool({k: v for k, v in figures.items() if k.startswith(f"{t}:")})
+        return pool
+
+    own = sources(frozenset({name}), frozenset()) if name != "index" else None
+    cells = [(i, "".join(c["source"])) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"]
+    offsets, text = [], ""
+    for i, md in cells:                                   # the index's blocks run across cells
+        offsets.append(len(text))
+        text += md + "\n\n"
+    blocks = index_blocks(text, names) if own is None else []
+    flags = []
+    for (i, md), off in zip(cells, offsets):
+        found, pools = [], {}
+        for n in measured_numbers(md):
+            if own is not None:
+                pool, src = own, "its notebook's outputs, its stage's figures"
+            else:
+                _, _, notebooks, tables = next(b for b in blocks if b[0] <= n.start + off < b[1])
+                pool = sources(frozenset(notebooks | {"index"}), frozenset(tables))
+                src = f"the index's outputs, the notebooks its block names ({', '.join(sorted(notebooks)) or 'none'})"
+            hits = pool.hits(n)
+            if hits:
+                found.append((n, hits))
+                pools[n] = pool
+            else:
+                flags.append(Flag(name, i, n.text, f"not in {src} nor the cited numbers", sentence(md, n.start)))
+        where = lambda l: f"{l[0]} cell {l[1]}"
+        flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in order_flags(md, found, where)]
+        flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in label_flags(md, found, pools)]
+    return list(dict.fromkeys(flags))
+
+
+def check_book(nbs=NBS) -> list:
+    "The `Flag`s of every notebook in `nbs` (see the module's docstring for the rules)."
+    return [f for p in sorted(Path(nbs).glob("*.ipynb")) for f in check_notebook(p, nbs)]
 
 
 def cited() -> list:
@@ -94,45 +489,13 @@ def test_figures_and_cited_list_are_readable():
     assert all(set(e) == {"number", "source"} for e in cited()), "cited_numbers.yaml: entries are {number, source}"
 
 
-def significant_digits(text: str) -> int:
-    "How many significant digits a number as prose writes it shows: 0.57 has 2, 48.3% has 3, 1,200 has 4."
-    return len(re.sub(r"\D", "", text).lstrip("0"))
-
-
-def own_figures(figures: dict, notebook: Path) -> list:
-    """The figures of the stage a chapter runs (`30_data` -> keys `data.…`, `data/…`, `pipeline.data.seconds`); for the
-    index, which sums up every stage, all of them."""
-    if notebook.stem == "index":
-        return [abs(float(v)) for v in figures.values()]
-    stage = re.sub(r"^\d+_", "", notebook.stem)
-    own = lambda k: k.startswith((f"{stage}.", f"{stage}/")) or k == f"pipeline.{stage}.seconds"
-    return [abs(float(v)) for k, v in figures.items() if own(k)]
-
-
 def test_every_measured_number_in_prose_is_traced():
-    """A number in prose is traced if an output of its notebook, a figure or a cited number holds it. A short one (fewer
-    than 3 significant digits: 0.57, 4.2, 0.9%) matches some figure among thousands by chance, so it must be in an
-    output of its notebook, in the cited list, or among the figures of the chapter's own stage."""
-    figures = json.loads(FIGURES.read_text(encoding="utf-8"))
-    cites = [float(str(e["number"]).replace(",", "")) for e in cited()]
-    everything = [abs(float(v)) for v in figures.values()] + cites
-    untraced = []
-    for p in NOTEBOOKS:
-        nb = json.loads(p.read_text(encoding="utf-8"))
-        outputs = output_values(nb)
-        values, close = sorted(everything + outputs), sorted(cites + outputs + own_figures(figures, p))
-        for i, c in enumerate(nb["cells"]):
-            if c["cell_type"] != "markdown":
-                continue
-            md = "".join(c["source"])
-            for text, value, decimals, percent, scale, at in measured_numbers(md):
-                line = f"{p.name} cell {i}: {text} in: {sentence(md, at)}"
-                pool = close if significant_digits(text) < 3 else values
-                if not matches(pool, value, decimals, percent, scale) and line not in untraced:
-                    untraced.append(line)
-    assert not untraced, (
-        "numbers in prose that no output of their notebook, nbs/figures.json nor nbs/cited_numbers.yaml holds "
-        "(correct them to the measured value, cite their source, or point at the output):\n" + "\n".join(untraced))
+    flags = check_book(NBS)
+    assert not flags, (
+        f"{len(flags)} numbers in prose that no source of their notebook holds as written (its outputs, its stage's "
+        "figures in nbs/figures.json, nbs/cited_numbers.yaml; for the index, those of the notebooks its block names), "
+        "or that stand out of their output's order: correct them to the measured value, cite their source, or print "
+        "them from the run:\n" + "\n".join(map(str, flags)))
 
 
 def test_cited_numbers_are_in_their_sources():
@@ -140,9 +503,9 @@ def test_cited_numbers_are_in_their_sources():
         pytest.skip(f"{SHARED} (the reference documents) is not beside this clone")
     missing = []
     for e in cited():
-        src = SHARED/e["source"]
+        src = source_path(e["source"])
         if not src.is_file():
-            missing.append(f"{e['number']}: {e['source']} does not exist under {SHARED}")
+            missing.append(f"{e['number']}: {e['source']} exists neither in this repository nor under {SHARED}")
             continue
         numbers = {n.replace(",", "") for n in re.findall(r"\d+(?:,\d{3}(?!\d))*(?:\.\d+)?", src.read_text(encoding="utf-8", errors="replace"))}
         if str(e["number"]).replace(",", "") not in numbers:
@@ -151,24 +514,74 @@ def test_cited_numbers_are_in_their_sources():
 
 
 @pytest.mark.parametrize("md,found", [
-    ("C-Eval 52.08 and −22.6% and 214,189 tokens, 606M tokens, 3500 chars", ["52.08", "22.6%", "214,189", "606M", "3500"]),
-    ("4.57.1, v2, transformers 4.57, in 2024, `0.03` [x](https://a.b/1.25) md5 8e232115d757bb99, 42 and 7", []),
+    ("C-Eval 52.08 and −22.6% and 214,189 tokens, 606M tokens, 3500 chars", ["52.08", "−22.6%", "214,189", "606M", "3500"]),
+    ("4.57.1, v2, transformers 4.57, in 2024, `0.03` [x](https://a.b/1.25) md5 8e232115d757bb99, 7 and 4 cores", []),
+    ("Zhao et al. (2024, arXiv:2401.01055), seed 004, 8x7B, U+3001", []),
     ("```\n1.5\n```\nhttps://x.org/v/3.14 <img width=\"600\"> $$0.5$$ zh_c3500 ids 1,2,3 U+3001 Qwen2-1.5B seed 004", []),
+    ("42 arms, 25% at chance, 5% of it, +4.6% and -3, 446 MiB, 13.1 s, 2.4 min, 2.7 GB, 12 items", ["42", "25%", "5%", "+4.6%", "-3", "446 MiB", "13.1 s", "2.4 min", "2.7 GB", "12"]),
 ])
 def test_what_counts_as_a_measured_number(md, found):
-    assert [m[0].lstrip("−-") for m in measured_numbers(md)] == found
+    assert [m.text for m in measured_numbers(md)] == found
 
 
-def test_short_numbers_need_a_close_source():
-    assert [significant_digits(t) for t in ("0.57", "4.2", "0.9%", "48.3%", "1,200", "7.4003")] == [2, 2, 1, 3, 4, 5]
+def test_signs_units_and_percentages_are_read():
+    n = {m.text: m for m in measured_numbers("−23%, -0.5, +2.0%, 446 MiB, 446 GiB, 13.1s, 606M, 41.7 points, 2 B")}
+    assert (n["−23%"].value, n["−23%"].unit, n["-0.5"].value, n["+2.0%"].value) == (-23, "%", -0.5, 2.0)
+    assert (n["446 MiB"].unit, n["446 GiB"].unit, n["13.1s"].unit, n["606M"].unit, n["41.7 points"].unit) == (
+        "MiB", "GiB", "s", "M", "pt")
+    assert "2 B" not in n                                   # a lone B is no unit, and 2 is a small count
+
+
+def test_rounding_formatting_signs_units_and_percentages_match():
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": (
+        "zh_vs_base -0.2321\n48.31 214,189 7.3849 0.0204\npeak 446 MiB, 13.1 s; 41.7%\n")}]}]}, "x") + \
+        figure_pool({"eval.metrics.acc": 0.25, "codec/codec.csv:a:fewer_than_base_pct": 37.2, "data.timings.total": 21.7})
+    hit = lambda text: bool(pool.hits(next(measured_numbers(text))))
+    assert all(map(hit, ["48.3", "214,189", "7.385", "−23.2%", "-23%", "446 MiB", "13.1 s", "41.7%", "25%",
+                         "37.2%", "21.7 s", "2.0%", "about 48"]))
+    assert not any(map(hit, ["7.39", "48.4", "23.2%", "+23.2%", "446 GiB", "13.1 min", "41.7 points", "41.5%",
+                             "37.2 s", "21.7 min", "25 s", "−48.3", "−2.0%", "446", "13.1", "48"]))
+
+
+def test_scale_letters_and_cited_units():
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": "606M tokens, 780 M\n606000000\n"}]}]}, "x")
+    hit = lambda text: bool(pool.hits(next(measured_numbers(text))))
+    assert hit("606M") and hit("780M") and not hit("606B") and not hit("606k")
+
+
+def test_stage_figures_and_index_blocks():
     figures = {"data.metrics.x": 0.57, "vocab/grid.csv:1:alp": 4.2, "pipeline.data.seconds": 21.7, "fresh.csv:a": 1.0}
-    assert own_figures(figures, Path("nbs/30_data.ipynb")) == [0.57, 21.7]
-    assert own_figures(figures, Path("nbs/95_docs.ipynb")) == []
-    assert len(own_figures(figures, Path("nbs/index.ipynb"))) == 4
+    assert list(own_figures(figures, Path("nbs/30_data.ipynb"))) == ["data.metrics.x", "pipeline.data.seconds"]
+    assert own_figures(figures, Path("nbs/95_docs.ipynb")) == {}
+    md = ("## Head\n\nIntro 1.5.\n\n**Data.** 0.617 per character (`30_data`).\n\n| a | 0.617 |\n\n"
+          "**Pretraining** in `nbs/40_pretrain`, timed in `bench/out/fresh.csv`.")
+    blocks = index_blocks(md, {"30_data", "40_pretrain"})
+    assert [(b[2], b[3]) for b in blocks] == [(set(), set()), ({"30_data"}, set()), ({"40_pretrain"}, {"fresh.csv"})]
+    assert "| a | 0.617 |" in md[blocks[1][0]:blocks[1][1]]
 
 
-def test_rounding_formatting_and_percentages_match():
-    vals = sorted([0.231, 48.31, 214189.0, 7.3849, 0.0204])
-    assert matches(vals, 48.3, 1, False) and matches(vals, 23.1, 1, True) and matches(vals, 214189, 0, False)
-    assert matches(vals, 7.385, 3, False) and matches(vals, 2.0, 1, True) and matches(vals, 0.214, 3, scale=1e6)
-    assert not matches(vals, 7.39, 3, False) and not matches(vals, 23.1, 1, False) and not matches(vals, 48.4, 1, False)
+def test_order_within_a_row_or_sentence():
+    nb = {"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521 2.4129 0.082\nmean 7.3850 2.3330 0.046\n"}]}]}
+    pool = output_pool(nb, "x")
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in order_flags(md, found, str)]
+    assert flags("| mean | 7.39 | 2.333 |\n| normal | 7.45 | 2.413 |\n") == []
+    assert flags("| mean | 2.333 | 7.39 |\n") == ["7.39"]                       # swapped within a row
+    assert flags("Mean ends at 7.39 on Chinese and 2.333 on English.") == []
+    assert flags("Mean ends at 2.333 on English and 7.39 on Chinese.") == ["7.39"]
+    assert flags("Of 7452 and 7385 the first; | x | 7.39 | 4.6% | 2.333 |") == []    # integers in prose, kinds apart
+
+
+def test_a_table_row_holds_its_own_rows_numbers():
+    nb = {"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521 2.4129 0.082\nmean 7.3850 2.3330 0.046\n"}]}]}
+    pool = output_pool(nb, "x") + figure_pool({"pretrain/arms.csv:first_piece:zh": 7.4131, "pretrain.metrics.x": 2.2745})
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in label_flags(md, found, {n: pool for n, _ in found})]
+    assert flags("| `mean` init | 7.39 | 2.333 (+4.6%) |\n| `normal` init | 7.45 | 2.413 |\n| first_piece | 7.41 | 2.275 |") == []
+    assert flags("| `normal` init | 7.39 | 2.413 |\n| `mean` init | 7.45 | 2.333 |\n") == ["7.39", "7.45"]   # rows swapped
+    assert flags("| first_piece | 7.41 | 7.45 |") == ["7.45"]                   # a figure's row label
+    assert flags("| tokenizer | 7.45 | 2.413 |") == []                          # a first cell that names no row

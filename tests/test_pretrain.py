@@ -14,7 +14,7 @@ from cmixtral.checkpoint import load_mixtral_tokenizer
 from cmixtral.core import write_jsonl
 from cmixtral.data import DataSource, register_datasets, registry_entry, registry_path
 from cmixtral.core import STOP_FILE_ENV
-from cmixtral.pretrain import (PretrainConfig, arm_data, check_inputs, check_qlora, main, mixture_texts, prepare_arm_model,
+from cmixtral.pretrain import (PretrainConfig, arm_data, arm_label, check_inputs, check_qlora, main, mixture_texts, prepare_arm_model,
                                qlora_report, trainable_groups)
 from cmixtral.training import (TrainSettings, TrainingStopped, last_checkpoint, load_qlora_model, train_adapter, train_model,
                                trainer_class)
@@ -60,6 +60,24 @@ def _S(**train):
     S = PretrainConfig(mixture=MIX, train_chars=3000, zh_share=0.7, dev_chars=300, eval_chars=300, block_size=32, train=T)
     S.lora.r, S.lora.alpha = 4, 8
     return S
+
+def test_the_init_arm_starts_from_the_init_stages_model_itself(run, tmp_path):
+    "The `init` arm links every file of embed_init/model (no recomputation), names its method, and follows a new model."
+    import os
+    r = shutil.copytree(run, tmp_path/"run", copy_function=os.link)
+    made = prepare_arm_model(r, "mean", tmp_path/"made", 64)                        # stands in for the init stage's model
+    shutil.copytree(made, r/"embed_init"/"model", ignore=shutil.ignore_patterns("source.json"))
+    write_json(r/"embed_init"/"manifest.json", {"stage": "embed_init", "metrics": {"method": "mean_calibrated"}})
+    init = prepare_arm_model(r, "init", r/"pretrain"/"arms"/"init"/"init", 64)
+    for f in (r/"embed_init"/"model").iterdir():
+        assert (init/f.name).stat().st_ino == f.stat().st_ino, f.name                # the same file, not a copy
+    assert arm_label(r, "init") == "init (mean_calibrated)" and arm_label(r, "mean") == "mean"
+    before = (init/"source.json").stat().st_mtime_ns
+    assert prepare_arm_model(r, "init", init, 64) == init and (init/"source.json").stat().st_mtime_ns == before
+    (r/"embed_init"/"model"/"config.json").unlink()                                  # the init stage saved another model
+    (r/"embed_init"/"model"/"config.json").write_text((made/"config.json").read_text() + "\n")
+    prepare_arm_model(r, "init", init, 64)
+    assert (init/"config.json").stat().st_ino == (r/"embed_init"/"model"/"config.json").stat().st_ino
 
 def test_every_projection_is_4bit_with_lora(run):
     init = prepare_arm_model(run, "mean", run/"pretrain"/"arms"/"mean"/"init", 64)

@@ -234,7 +234,7 @@ def rehearsal(slurm, storage, tmp_path_factory):
         wait_for(slurm, jobs, "pretrain", "RUNNING", timeout=1200)
         from cmixtral.training import TrainSettings, save_interval    # save_steps 0: from max_lost_minutes
         first = f"checkpoint-{save_interval(TrainSettings(**yaml.safe_load(REHEARSAL.read_text())['pretrain']['train']))}"
-        until((run/"pretrain"/"arms"/"mean"/"trainer"/first).exists, 300, "pretraining's first checkpoint")
+        until((run/"pretrain"/"arms"/"init"/"trainer"/first).exists, 300, "pretraining's first checkpoint")
         slurm.signal_batch(jobs["pretrain"], "USR1")
         rec = wait_for(slurm, jobs, "pretrain", "PENDING", timeout=300)
         slurm.release(jobs["pretrain"])
@@ -257,7 +257,7 @@ def test_every_stage_finishes_as_a_slurm_job_with_its_manifest_and_notebook(rehe
     from resume_checks import assert_deepspeed, deepspeed_config   # every attempt ran the engine the config names
     from cmixtral.core import project_file
     cfg = yaml.safe_load(Path(read_json(run/"run.json")["config_path"]).read_text())
-    for stage, adapter in (("pretrain", "pretrain/arms/mean/adapter"), ("sft", "sft/adapter")):
+    for stage, adapter in (("pretrain", "pretrain/arms/init/adapter"), ("sft", "sft/adapter")):
         training, named = read_json(run/adapter/"training.json"), cfg[stage]["train"]["deepspeed"]
         assert training["world_size"] == 2 and training["train"]["deepspeed"] == named and training["attempts"], stage
         want = deepspeed_config(project_file(named, "DeepSpeed config"))
@@ -296,7 +296,7 @@ def test_status_shows_the_chain_and_cancel_finds_nothing_left(rehearsal, slurm, 
 
 def test_every_model_a_stage_writes_keeps_the_bases_bfloat16(rehearsal):
     run, _, _ = rehearsal
-    for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base", "sft/base", "sft/model"):
+    for folder in ("embed_init/model", "pretrain/arms/init/init", "pretrain/base", "sft/base", "sft/model"):
         assert safetensors_dtypes(run/folder) == {"BF16"}, folder
 
 
@@ -306,7 +306,7 @@ def test_no_stage_output_holds_a_copy_of_the_base(rehearsal, storage):
     from cmixtral.checkpoint import safetensors_header
     run, _, _ = rehearsal
     blobs = {p.stat().st_ino for p in (repo_dir(storage/"hf", MODEL_REPO)/"blobs").iterdir()}
-    for folder in ("embed_init/model", "pretrain/arms/mean/init", "pretrain/base"):
+    for folder in ("embed_init/model", "pretrain/arms/init/init", "pretrain/base"):
         shards = sorted((run/folder).glob("*.safetensors"))
         plain = [s for s in shards if not any(k.startswith(("model.embed_tokens", "lm_head"))
                                               for k in safetensors_header(s)[0])]
@@ -339,14 +339,14 @@ def test_a_requeued_pretraining_resumes_and_matches_an_uninterrupted_run(rehears
            *[x for o in rehearsal_overrides(storage) for x in ("-p", o)]]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = read_json(run/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
-    want = read_json(ref/"pretrain"/"arms"/"mean"/"adapter"/"training.json")
+    got = read_json(run/"pretrain"/"arms"/"init"/"adapter"/"training.json")
+    want = read_json(ref/"pretrain"/"arms"/"init"/"adapter"/"training.json")
     assert_resumed(got, want, k, n)          # stopped at k, resumed from checkpoint-k to n, the reference's losses 1..n
     ds = deepspeed_config(project_file(got["train"]["deepspeed"], "DeepSpeed config"))
     for attempt in got["attempts"] + want["attempts"]:
         assert_deepspeed(attempt, ds["stage"], 2, ds["grad_accum_dtype"])
-    wa = load_file(run/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
-    wb = load_file(ref/"pretrain"/"arms"/"mean"/"adapter"/"adapter_model.safetensors")
+    wa = load_file(run/"pretrain"/"arms"/"init"/"adapter"/"adapter_model.safetensors")
+    wb = load_file(ref/"pretrain"/"arms"/"init"/"adapter"/"adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     assert max((wa[x].float() - wb[x].float()).abs().max().item() for x in wa) < 1e-6
 

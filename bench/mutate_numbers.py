@@ -5,7 +5,7 @@
 The notebooks, `figures.json` and `cited_numbers.yaml` are copied to a temporary folder. Over every number the test
 checks (and passes on the book as it is), one mutation at a time is planted by rule: the last digit changed, the sign
 flipped, the unit changed (MiB<->GiB, MB<->GB, s<->min, h->min, % -> points, M<->B), two neighbouring numbers of the
-same kind in one sentence or table row swapped; plus the kinds of wrong number a read-through found (`issue` rows).
+same kind in one sentence or table row swapped; plus the kinds of wrong number a read-through found (`read-through` rows).
 After each, the test's own checking function (`check_notebook`, imported from the test: one implementation) runs on
 the mutated copy; a mutation is caught when it raises a flag the unmutated copy does not. Writes one row per mutation
 (notebook, cell, original, mutated, rule, caught) and prints the share caught, by rule, and what escaped.
@@ -82,7 +82,7 @@ def apply(md: str, changes: list) -> str:
     return md
 
 
-def issue_examples(book: dict) -> list:
+def read_through_examples(book: dict) -> list:
     """The kinds of wrong number a read-through planted: (notebook, cell, rule, [(Number, new)], note). Where the
     book no longer has the exact number, the same kind of change on the nearest equivalent number."""
     wanted = [("−23%", "−43%", "a percentage's digit"), ("7.40", "7.41", "an arm's bits per character, last digit"),
@@ -107,14 +107,14 @@ def issue_examples(book: dict) -> list:
             new = n.text[:j] + str((int(n.text[j]) + 2) % 10) + n.text[j + 1:]
             note = f"{old} is not in the prose: {n.text} -> {new} instead"
         k, i, n = hit
-        out.append((k, i, f"issue: {what}", [(n, new)], note))
+        out.append((k, i, f"read-through: {what}", [(n, new)], note))
     # 446 MiB -> 446 GiB: a number with a unit of bytes
     units = [(k, i, n) for k, cells in book.items() for i, (md, ns) in cells.items() for n in ns
              if n.unit in ("MiB", "GiB", "GB", "MB")]
     hit = next((u for u in units if u[2].text == "446 MiB"), units[0] if units else None)
     if hit:
         k, i, n = hit
-        out.append((k, i, "issue: unit of bytes", [(n, change_unit(n))],
+        out.append((k, i, "read-through: unit of bytes", [(n, change_unit(n))],
                     "as found" if n.text == "446 MiB" else f"446 MiB is not in the prose: {n.text} instead"))
     # two arms' values swapped: the first figures of the `mean` and `normal` rows of a table (the index's first)
     first = {}
@@ -129,7 +129,7 @@ def issue_examples(book: dict) -> list:
     if pairs:
         k, i = pairs[0]
         a, b = first[(k, i, "mean")], first[(k, i, "normal")]
-        out.append((k, i, "issue: two arms' values swapped", [(a, b.text), (b, a.text)], "as found"))
+        out.append((k, i, "read-through: two arms' values swapped", [(a, b.text), (b, a.text)], "as found"))
         return out
     arms = re.compile(r"\b(mean|normal|first_piece|mean_calibrated|mean_input|global_mean|spelling|base-vocab)\b")
     for k, cells in book.items():                     # no table of arms: two arms' values in one sentence
@@ -139,7 +139,7 @@ def issue_examples(book: dict) -> list:
                 pair = next(((a, b) for a, b in pairwise(dec) if a.text != b.text), None)
                 if len(set(arms.findall(md[s:e]))) >= 2 and pair:
                     a, b = pair
-                    out.append((k, i, "issue: two arms' values swapped", [(a, b.text), (b, a.text)],
+                    out.append((k, i, "read-through: two arms' values swapped", [(a, b.text), (b, a.text)],
                                 "no table row of an arm is in the prose: two arms' values in one sentence instead"))
                     return out
     return out
@@ -167,8 +167,8 @@ def main(argv=None):
                     ns = [n for n in T.measured_numbers(md) if (i, n.text) not in flagged]
                     if ns:
                         book.setdefault(p.stem, {})[i] = (md, ns)
-        plan = [(k, i, "issue" if r.startswith("issue") else r, r, ch, note)
-                for k, i, r, ch, note in issue_examples(book)]
+        plan = [(k, i, "read-through" if r.startswith("read-through") else r, r, ch, note)
+                for k, i, r, ch, note in read_through_examples(book)]
         for k, cells in book.items():
             for i, (md, ns) in cells.items():
                 plan += [(k, i, r, r, ch, "") for r, ch in planted(md, ns, f"{args.seed}:{k}:{i}")]

@@ -31,8 +31,8 @@ def link_or_copy(src, dst):
 def seed_run(run: Path, out: Path) -> Path:
     "A run directory holding `run`'s upstream stages, ready for the pretrain and sft stages."
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("run.json",):
-        shutil.copy2(run/name, out/name)
+    if not (out/"run.json").exists():
+        shutil.copy2(run/"run.json", out/"run.json")
     for stage in UPSTREAM:
         if not (out/stage/"manifest.json").exists():
             shutil.rmtree(out/stage, ignore_errors=True)

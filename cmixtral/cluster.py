@@ -213,7 +213,8 @@ def run_pipeline(
             "run_dir": str(out.resolve()),
             "overrides": list(overrides),
         }
-        run_notebook(nb, out / "notebooks" / nb.name, params, log_output)
+        with environment(process_env(cfg)):  # the kernel starts with the config's env
+            run_notebook(nb, out / "notebooks" / nb.name, params, log_output)
         mp = out / stage / "manifest.json"
         if not mp.exists():
             fail(f"stage notebook {nb.name} finished without writing {mp}")
@@ -368,6 +369,7 @@ def stage_slurm(cfg: Config, stage: str, nbs=None) -> SlurmConfig:
         SlurmConfig, {**dataclasses.asdict(C.slurm), **host, **own}, cfg.path, f"cluster.stages.{stage}"
     )
     check_launcher(stage, list_stages(nbs)[stage], S)
+    S.env = {**process_env(cfg), **S.env}  # the config's env, then the cluster's own settings
     return S
 
 
@@ -379,6 +381,7 @@ def part_slurm(cfg: Config, stage: str, part: str, nbs=None) -> SlurmConfig:
     key = f"cluster.stages.{stage}.{part}"
     mine = _mapping(own.get(part), cfg, key)
     S = from_dict(SlurmConfig, {**dataclasses.asdict(C.slurm), **host, **mine}, cfg.path, key)
+    S.env = {**process_env(cfg), **S.env}
     if S.nodes != 1:
         fail(
             f"{key} asks for nodes: {S.nodes}; the {part} job is one process on one node: set {key}.nodes: 1"

@@ -16,10 +16,10 @@ __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_R
            'text_hash', 'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum',
            'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
            'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps',
-           'load_config', 'add_config_options', 'from_dict', 'section', 'cache_dir', 'project_root', 'project_file',
-           'hub_files', 'hub_cached', 'hub_listing', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir',
-           'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'stop_requested', 'StageStopped', 'Units',
-           'check_share', 'seed_everything']
+           'load_config', 'process_env', 'environment', 'add_config_options', 'from_dict', 'section', 'cache_dir',
+           'project_root', 'project_file', 'hub_files', 'hub_cached', 'hub_listing', 'hub_url', 'module_imports',
+           'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'stop_requested',
+           'StageStopped', 'Units', 'check_share', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -263,8 +263,9 @@ def write_jsonl(path, rows, key: str | None = "text") -> Path:
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #bcbac2dd
-#: Top-level keys of every config: a run name, the global seed, an optional cache directory, and one section per stage.
-CONFIG_KEYS = ("name", "seed", "cache_dir", "description")
+#: Top-level keys of every config: a run name, the global seed, an optional cache directory, the environment of every
+#: stage process (`env`), and one section per stage.
+CONFIG_KEYS = ("name", "seed", "cache_dir", "description", "env")
 STAGE_SECTIONS = (
     "assets",
     "vocab",
@@ -497,6 +498,32 @@ def load_config(path, overrides=(), heldout: bool = True) -> Config:
         more = f" (and {len(bad) - 1} more: cmixtral preflight lists them)" if len(bad) > 1 else ""
         fail(f"{path}: {bad[0]}{more}")
     return Config(d, path, overrides)
+
+# %% ../nbs/00_core.ipynb #7290e8e6
+def process_env(cfg: Config) -> dict:
+    "The config's `env` as strings, every name checked: what each stage process of the run gets in its environment."
+    env = cfg.get("env") or {}
+    if not isinstance(env, dict):
+        fail(f"{cfg.path}: env must map variable names to values, not {type(env).__name__}")
+    for k in env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)):
+            fail(f"{cfg.path}: env: '{k}' is not an environment variable name")
+    return {str(k): str(v) for k, v in env.items()}
+
+
+@contextmanager
+def environment(env: dict):
+    "Set the variables of `env` in `os.environ` for the block, then put back what was there before."
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 # %% ../nbs/00_core.ipynb #b1b4173f
 def add_config_options(parser, out: bool = True, out_required: bool = True):

@@ -739,7 +739,8 @@ def flat_figures(obj, prefix: str) -> dict:
 
 
 def csv_figures(path: Path, key: str) -> dict:
-    "The numeric cells of a CSV table of at most `MAX_CSV_ROWS` rows, keyed `key:row:column`."
+    """The numeric cells of a CSV table of at most `MAX_CSV_ROWS` rows, keyed `key:row:column`; a row is named by its
+    leading text cells but absolute paths (a file's place on one machine names no row)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if not rows or len(rows) - 1 > MAX_CSV_ROWS:
@@ -751,7 +752,8 @@ def csv_figures(path: Path, key: str) -> dict:
         for c in r:
             if _figure(c) is not None:
                 break
-            lead.append(c)
+            if not Path(c).is_absolute():
+                lead.append(c)
         labels.append("/".join(lead))
     if not all(labels) or len(set(labels)) < len(labels):
         labels = [str(i) for i in range(len(body))]

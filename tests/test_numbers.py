@@ -32,6 +32,17 @@ How a number matches (one rule each):
 - row: when the first cell of a table row names a row of an output table (the words before a line's first number)
   or of a figure (a table's row label in its key, `pretrain/arms.csv:mean:zh`) that holds one of the row's numbers,
   every number of the row has a source in that row (two arms' values swapped are caught).
+- output order: two neighbouring numbers of the same kind in one sentence or table row that one output (a cell's
+  printed text) holds stand in its order, line by line, when each is written with at least 3 significant digits or
+  the two are listed (only `/`, `,`, `and`, `or` or `to` between them; then a cited document's order counts too).
+- naming: a number written with at most 2 significant digits (0.05, 16, 5%, 93 GB), which many sources hold by
+  chance, has a source named by the words that stand nearest to it in its sentence (or, in a table, by its row's
+  first cell): an output line with one of those words, a figure whose key has one, a cited number whose `words` has
+  one, or a line of numbers alone. A number only cited numbers with `words` hold needs one of those words nearest to
+  it (25,000 "added" and 57,000 "in all" swapped are caught). Words match with their parts at `_` and `-`, joined
+  (held-out, heldout) and singular.
+
+A sentence runs across the lines of its paragraph or list item to its full stop (`.`, `;`, `!`, `?`).
 
 `check_book` (and `check_notebook`, for one) is the one implementation: the tests below and `bench/mutate_numbers.py`,
 which plants wrong numbers and counts the ones caught, both call it.
@@ -179,15 +190,16 @@ class Pool:
     or a cited number)."""
     values: list
     entries: list
-    labels: dict                  # output line (name, cell, line) -> the words of that line
+    labels: dict                  # output line (name, cell, line) -> the words before its first number (its row)
+    names: dict                   # output line -> all its words; cited line (source, -1, line) -> the entry's `words`
 
     @classmethod
-    def of(cls, entries, labels=None) -> "Pool":
+    def of(cls, entries, labels=None, names=None) -> "Pool":
         entries = sorted(entries, key=lambda e: e[0])
-        return cls([e[0] for e in entries], entries, labels or {})
+        return cls([e[0] for e in entries], entries, labels or {}, names or {})
 
     def __add__(self, other):
-        return Pool.of(self.entries + other.entries, self.labels | other.labels)
+        return Pool.of(self.entries + other.entries, self.labels | other.labels, self.names | other.names)
 
     def vocab(self) -> frozenset:
         "Every label word of the pool."
@@ -201,6 +213,19 @@ class Pool:
         if where is None:
             return None
         return self.labels.get(where[:3], frozenset()) if isinstance(where, tuple) else key_words(where)
+
+    def naming(self, entry) -> frozenset | None:
+        """The words that name an entry, split at `_` and `-`: every word of its output line, the parts of its figure
+        key, the `words` of its cited entry; None for a line with no word at all (a bare row of numbers)."""
+        where = entry[2]
+        if where is None:
+            return frozenset()
+        if isinstance(where, str):
+            return word_parts(words(where.replace(":", " ").replace(".", " ").replace("/", " ")))
+        if where[1] == -1:
+            return word_parts(self.names.get(where, frozenset()))
+        w = self.names.get(where[:3], frozenset())
+        return word_parts(w) if w else None
 
     def hits(self, n: Number) -> list:
         "The entries that hold `n` as the prose writes it: value and decimals, sign, percent, unit or scale."
@@ -230,10 +255,11 @@ class Pool:
 
 def output_pool(nb: dict, name: str) -> Pool:
     "The numbers in the outputs of `nb`, each with its unit and its line (`name`, cell, output line)."
-    entries, labels = [], {}
+    entries, labels, names = [], {}, {}
     for i, text in output_texts(nb):
         for j, line in enumerate(text.splitlines()):
             labels[(name, i, j)] = words(OUTPUT_NUMBER.split(line, maxsplit=1)[0])   # the row's name
+            names[(name, i, j)] = words(line)
             for k, m in enumerate(OUTPUT_NUMBER.finditer(line)):
                 sign, body, unit = m.groups()
                 try:
@@ -241,10 +267,17 @@ def output_pool(nb: dict, name: str) -> Pool:
                 except ValueError:
                     continue
                 entries.append((v, UNIT_WORDS.get(unit, unit), (name, i, j, k)))
-    return Pool.of(entries, labels)
+    return Pool.of(entries, labels, names)
 
 
 STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "is", "it", "its", "of", "on", "or", "the", "to", "with", "per", "all", "each", "one", "two", "not", "no", "this", "that", "than", "into", "out", "over", "under", "after", "before", "total", "mean"]) - {"mean"}
+
+
+def word_parts(ws) -> frozenset:
+    """Words, their parts at `_` and `-` and the parts joined (`mean_calibrated` -> mean_calibrated, mean, calibrated,
+    meancalibrated; held-out -> heldout), and their singulars (steps -> step), stop words dropped."""
+    out = set(ws) | {p for w in ws for p in re.split(r"[_-]", w) if p and p not in STOP} | {re.sub(r"[_-]", "", w) for w in ws}
+    return frozenset(out | {w[:-1] for w in out if len(w) > 3 and w.endswith("s") and not w.endswith("ss")})
 
 
 def words(text: str) -> frozenset:
@@ -302,10 +335,11 @@ def source_path(source: str) -> Path:
 
 @lru_cache(maxsize=8)
 def _cited_pool(text: str) -> Pool:
-    entries = []
+    entries, names = [], {}
     for e in yaml.safe_load(text) or []:
         number = str(e["number"]).replace(",", "")
         src = source_path(e["source"])
+        said = frozenset(w.lower() for w in e.get("words", []))
         if not src.is_file():
             entries.append((float(number), ANY, None))
             continue
@@ -313,7 +347,8 @@ def _cited_pool(text: str) -> Pool:
             for k, m in enumerate(OUTPUT_NUMBER.finditer(line)):     # where, and with which unit, its source prints it
                 if m.group(2).replace(",", "") == number:
                     entries.append((float(number), UNIT_WORDS.get(m.group(3), m.group(3)), (e["source"], -1, j, k)))
-    return Pool.of(entries)
+                    names[(e["source"], -1, j, k)] = names.get((e["source"], -1, j, k), frozenset()) | said
+    return Pool.of(entries, names=names)
 
 
 def cited_pool(path: Path = CITED) -> Pool:
@@ -322,18 +357,33 @@ def cited_pool(path: Path = CITED) -> Pool:
 
 
 def segments(md: str) -> list:
-    "(start, end, is_table_row) of the sentences and table rows of markdown `md`."
-    out, pos = [], 0
+    """(start, end, is_table_row) of the sentences and table rows of markdown `md`: a table row is one line, a heading
+    one line, and a sentence runs across the lines of its paragraph or list item to its full stop."""
+    out, pos, para = [], 0, None
+
+    def close(end):
+        if para is None:
+            return
+        start = para
+        for m in re.finditer(r"(?<=[.;!?。])\s+", md[para:end]):
+            out.append((start, para + m.start(), False))
+            start = para + m.end()
+        if md[start:end].strip():
+            out.append((start, end, False))
+
     for line in md.splitlines(keepends=True):
-        if line.lstrip().startswith("|"):
-            out.append((pos, pos + len(line), True))
-        else:
-            start = pos
-            for m in re.finditer(r"(?<=[.;!?。])\s+|\n\s*\n|\n(?=\s*[-*] )", line):
-                out.append((start, pos + m.start(), False))
-                start = pos + m.end()
-            out.append((start, pos + len(line), False))
+        table, heading = line.lstrip().startswith("|"), line.lstrip().startswith("#")
+        if table or heading or not line.strip() or re.match(r"\s*(?:[-*+]|\d+\.)\s", line):   # a new block
+            close(pos)
+            para = None
+            if table or heading:
+                out.append((pos, pos + len(line), table))
+            elif line.strip():
+                para = pos
+        elif para is None:
+            para = pos
         pos += len(line)
+    close(pos)
     return out
 
 
@@ -426,6 +476,77 @@ def order_flags(md: str, found: list, where) -> list:
     return out
 
 
+def significant_digits(n: Number) -> int:
+    "Significant digits as written: 0.05 -> 1, 16 -> 2, 93 GB -> 2, 46.7B -> 3, 0.599 -> 3, 1,456 -> 4."
+    digits = re.sub(r"\D", "", n.text.split(" ")[0])
+    return len(digits.lstrip("0")) or 1
+
+
+def source_order_flags(md: str, found: list, where) -> list:
+    """(number, why) for the order rule at the scale of an output: two neighbouring numbers of the same kind in one
+    sentence or table row, each written with at least 3 significant digits, that one output (a cell's printed text)
+    holds stand in that output's order (line by line, left to right)."""
+    out = []
+    for s, e, row in segments(md):
+        inside = []
+        for n, hits in found:
+            if s <= n.start < e:
+                cells = {}
+                for h in hits:
+                    if isinstance(h[2], tuple):
+                        cells.setdefault(h[2][:2], []).append(h[2][2:4])
+                inside.append((n, cells))
+        for kind in {_kind(n) for n, _ in inside}:
+            same = [(n, c) for n, c in inside if _kind(n) == kind]
+            for (a, ca), (b, cb) in pairwise(same):
+                listed = re.fullmatch(r"\s*(?:/|,|and|, and|or|, or|to)\s*", md[a.end:b.start])
+                if not listed and (significant_digits(a) < 3 or significant_digits(b) < 3):
+                    continue
+                common = {c for c in set(ca) & set(cb) if listed or c[1] != -1}
+                if a.value != b.value and common and all(min(ca[c]) > max(cb[c]) for c in common):
+                    out.append((b, f"stands before {a.text} in the output of {where(min(common))}"))
+    return out
+
+
+def nearest_words(md: str, s: int, e: int, numbers: list) -> dict:
+    "Number -> the words of the sentence `md[s:e]` that stand nearer to it than to any other of `numbers` in it."
+    out = {n: set() for n in numbers}
+    if not numbers:
+        return out
+    for m in re.finditer(r"[A-Za-z][\w'-]*[A-Za-z0-9]|[A-Za-z]", md[s:e]):
+        a, b = s + m.start(), s + m.end()
+        n = min(numbers, key=lambda n: n.start - b if b <= n.start else a - n.end if a >= n.end else 0)
+        out[n] |= word_parts(words(m.group()))
+    return out
+
+
+def naming_flags(md: str, found: list, pools: dict) -> list:
+    """(number, why) for the naming rule:
+    - a number written with at most 2 significant digits (0.05, 16, 5%, 93 GB), which many sources hold by chance, has
+      a source its sentence names: an output line or figure key with a word of the sentence, a cited number whose
+      `words` the sentence uses, or a line of numbers alone;
+    - a number that only cited numbers with `words` hold stands nearest to one of those words in its sentence (25,000
+      "added" and 57,000 "in all" swapped are caught)."""
+    out = []
+    for s, e, row in segments(md):
+        inside = [(n, hits) for n, hits in found if s <= n.start < e]
+        said = word_parts(words(md[s:e].replace("`", " ")))
+        near = nearest_words(md, s, e, [n for n, _ in inside])
+        if row:                                           # in a table, the row's first cell names each of its numbers
+            head = word_parts(words(md[s:e].strip().strip("|").split("|")[0].replace("`", " ")))
+            near = {n: w | head for n, w in near.items()}
+        for n, hits in inside:
+            names = [pools[n].naming(h) for h in hits]
+            if significant_digits(n) <= 2 and not any(w is None or w & near[n] for w in names):
+                out.append((n, "no source of it is named in its sentence (an output line's words, a figure's key, "
+                               "a cited number's `words`)"))
+            elif all(isinstance(h[2], tuple) and h[2][1] == -1 and w for h, w in zip(hits, names)) and not any(
+                    w & near[n] for w in names):
+                out.append((n, f"none of its cited words ({', '.join(sorted(set().union(*names)))}) stands nearest "
+                               "to it"))
+    return out
+
+
 def check_notebook(path, nbs=None, figures_path=None, cited_path=None) -> list:
     "The `Flag`s of the notebook at `path`: numbers in its prose no source of it holds as written, or out of order."
     path = Path(path)
@@ -470,6 +591,8 @@ def check_notebook(path, nbs=None, figures_path=None, cited_path=None) -> list:
         where = lambda l: f"{l[0]} cell {l[1]}"
         flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in order_flags(md, found, where)]
         flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in label_flags(md, found, pools)]
+        flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in source_order_flags(md, found, where)]
+        flags += [Flag(name, i, n.text, why, sentence(md, n.start)) for n, why in naming_flags(md, found, pools)]
     return list(dict.fromkeys(flags))
 
 
@@ -486,7 +609,8 @@ def test_figures_and_cited_list_are_readable():
     figures = json.loads(FIGURES.read_text(encoding="utf-8"))
     assert figures and all(isinstance(v, (int, float)) for v in figures.values())
     assert list(figures) == sorted(figures), "nbs/figures.json is written with sorted keys (cmixtral adopt)"
-    assert all(set(e) == {"number", "source"} for e in cited()), "cited_numbers.yaml: entries are {number, source}"
+    assert all({"number", "source"} <= set(e) <= {"number", "source", "words"} for e in cited()), (
+        "cited_numbers.yaml: entries are {number, source} and maybe words")
 
 
 def test_every_measured_number_in_prose_is_traced():
@@ -585,3 +709,42 @@ def test_a_table_row_holds_its_own_rows_numbers():
     assert flags("| `normal` init | 7.39 | 2.413 |\n| `mean` init | 7.45 | 2.333 |\n") == ["7.39", "7.45"]   # rows swapped
     assert flags("| first_piece | 7.41 | 7.45 |") == ["7.45"]                   # a figure's row label
     assert flags("| tokenizer | 7.45 | 2.413 |") == []                          # a first cell that names no row
+
+
+def test_a_sentence_runs_across_lines_and_stops_at_its_full_stop():
+    md = "Mean ends at\n7.39 on Chinese. Normal at 7.45;\nbase 9.6.\n\n- an item\n  over two lines. Next\n| a | 1.5 |\n# 2.5 head\n"
+    assert [md[s:e].strip() for s, e, _ in segments(md)] == [
+        "Mean ends at\n7.39 on Chinese.", "Normal at 7.45;", "base 9.6.", "- an item\n  over two lines.", "Next",
+        "| a | 1.5 |", "# 2.5 head"]
+
+
+def test_output_order_holds_across_an_outputs_lines():
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521\nmean 7.3850\n"}]},
+                                  {"outputs": [{"output_type": "stream", "text": "levels 2000\nnext 2500\nx 16\ny 12\n"}]}]}, "x")
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in source_order_flags(md, found, str)]
+    assert flags("Normal ends at 7.452 and mean\nat 7.385.") == []
+    assert flags("Normal ends at 7.385 and mean\nat 7.452.") == ["7.452"]              # the two lines' values swapped
+    assert flags("Levels 2,000 / 2,500.") == [] and flags("Levels 2,500 / 2,000.") == ["2,000"]
+    assert flags("After 12 steps it saves, and after 16 again.") == []          # 2 digits, not listed: prose order
+
+
+def test_a_low_precision_number_needs_a_source_named_beside_it(tmp_path):
+    cites = tmp_path/"cited.yaml"
+    (tmp_path/"src.txt").write_text("added 25,000 tokens, a final 57,000\n")
+    cites.write_text(f"- {{number: '25,000', source: {tmp_path/'src.txt'}, words: [added, new]}}\n"
+                     f"- {{number: '57,000', source: {tmp_path/'src.txt'}, words: [final, vocabulary]}}\n")
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream",
+                                                "text": "temperature 0.8\ntop_p 0.9\nsteps 12\n"}]}]}, "x") + \
+        cited_pool(cites)
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in naming_flags(md, found, {n: pool for n, _ in found})]
+    assert flags("Sampling at temperature 0.8 and top-p 0.9, 12 steps.") == []
+    assert flags("Sampling at temperature 0.9 and top-p 0.8, 12 steps.") == ["0.9", "0.8"]     # two settings swapped
+    assert flags("Sampling at temperature 0.8 and top-p 0.9, 12 layers.") == ["12"]            # named by no source
+    assert flags("25,000 added pieces make a final vocabulary of 57,000.") == []
+    assert flags("57,000 added pieces make a final vocabulary of 25,000.") == ["57,000", "25,000"]   # swapped

@@ -18,6 +18,9 @@ text/plain, text/markdown, text/html) of every `nbs/*.ipynb`, and README.md as a
 Not machine paths: URLs, hub ids (`mistralai/Mixtral-8x7B-v0.1`), relative paths (`runs/tiny/…`), placeholders
 (`$PREFIX/bin/python`, `$STORAGE/…`), example paths that name no folder of a machine (`/r/tiny`, `/data/hf`,
 `/dev/null`, `/bin/bash`), and anything in a code cell's source (code, not output).
+
+`nbs/figures.json`, the run's numbers that the book's number test reads, is an output too: its keys name a table's
+rows, and a row named by a file's place (`…:en-brown//root/.cache/…:train_docs`) names the machine that ran it.
 """
 import json, re, site, subprocess, sys, tempfile
 from pathlib import Path
@@ -133,3 +136,18 @@ def test_notebook_outputs_show_no_machine_path(path):
 def test_readme_shows_no_machine_path():
     found = machine_paths((ROOT/"README.md").read_text(encoding="utf-8"))
     assert not found, f"README.md shows machine paths: {found}"
+
+
+def figure_key_findings(keys, dirs=None) -> list[str]:
+    "The keys of `nbs/figures.json` that hold a machine folder anywhere (a row label may join cells with `/`)."
+    dirs = machine_dirs() if dirs is None else dirs
+    return [k for k in keys if any(d + "/" in k for d in dirs)]
+
+
+def test_figure_keys_show_no_machine_path():
+    assert figure_key_findings(["assets/corpora.csv:en-brown/en/both//root/.cache/cmixtral/npm/x:train_docs",
+                                f"x.csv:{ROOT}/runs/tiny/a.txt:n"])
+    assert figure_key_findings(["assets/corpora.csv:en-brown/en/both:train_docs", "fresh.csv:pipeline:total:seconds",
+                                "pretrain/arms.csv:base-vocab:zh"]) == []
+    found = figure_key_findings(json.loads((NBS/"figures.json").read_text(encoding="utf-8")))
+    assert not found, f"nbs/figures.json has keys with machine paths: {found[:5]}"

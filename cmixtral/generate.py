@@ -59,12 +59,14 @@ class CallbackStreamer:
 
 # %% ../nbs/55_generate.ipynb #0a7691cb
 def sampling_kwargs(S: SamplingConfig, tok) -> dict:
-    "`model.generate` keyword arguments for `S` (greedy when the temperature is 0)."
+    """`model.generate` keyword arguments for `S` (greedy when the temperature is 0). Top-k is off: the seed samples
+    with vLLM (its `max_tokens`), which keeps every token top-p keeps, where `generate` would cut at its default 50."""
     sample = S.temperature > 0
     return dict(
         do_sample=sample,
         temperature=S.temperature if sample else None,
         top_p=S.top_p if sample else None,
+        top_k=0 if sample else None,
         max_new_tokens=S.max_new_tokens,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,

@@ -55,7 +55,7 @@ class TrainSettings:
     save_total_limit: int = 2
     logging_steps: int = 5
     gradient_checkpointing: bool = True
-    optim: str = "adamw_torch"  # or paged_adamw_8bit (the seed's: its DeepSpeed config's AdamW)
+    optim: str = "adamw_torch"  # or paged_adamw_8bit; the seed's optimizer is its DeepSpeed config's AdamW
     report_to: str = "tensorboard"  # or none
     deepspeed: str = ""  # a DeepSpeed JSON config (multi-GPU), empty on CPU
     seed: int = 0

@@ -451,29 +451,35 @@ def _kind(n: Number) -> tuple:
     return (n.unit, n.decimals > 0)
 
 
-def order_flags(md: str, found: list, where) -> list:
-    """(number, why) for the order rule: two neighbouring numbers of the same kind (unit, decimal or not) in one table
-    row, or two neighbouring decimals of the same kind in one sentence, that an output line holds together stand in
-    its order. `found` is [(Number, hits)] of the traced numbers."""
+def _out_of_order(md: str, found: list, place, keep, where, what: str) -> list:
+    """(number, why) for two neighbouring numbers of the same kind in one sentence or table row that every place holding
+    both (`place(hit, n)` -> (place, position), or None) holds in the other order; `keep(a, b, row, place)` says which
+    places count."""
     out = []
     for s, e, row in segments(md):
         inside = []
         for n, hits in found:
             if s <= n.start < e:
-                lines = {}
+                at = {}
                 for h in hits:
-                    if isinstance(h[2], tuple) and (h[2][1] != -1 or n.decimals):   # a cited integer: prose order
-                        lines.setdefault(h[2][:3], []).append(h[2][3])
-                inside.append((n, lines))
+                    if (p := place(h, n)) is not None:
+                        at.setdefault(p[0], []).append(p[1])
+                inside.append((n, at))
         for kind in {_kind(n) for n, _ in inside}:
-            same = [(n, l) for n, l in inside if _kind(n) == kind]
-            if not row and not kind[1]:
-                continue
+            same = [(n, at) for n, at in inside if _kind(n) == kind]
             for (a, la), (b, lb) in pairwise(same):
-                common = set(la) & set(lb)
-                if a.value != b.value and common and all(min(la[l]) > max(lb[l]) for l in common):
-                    out.append((b, f"stands before {a.text} in output line {where(min(common))}"))
+                common = {c for c in set(la) & set(lb) if keep(a, b, row, c)}
+                if a.value != b.value and common and all(min(la[c]) > max(lb[c]) for c in common):
+                    out.append((b, f"stands before {a.text} in {what} {where(min(common))}"))
     return out
+
+
+def order_flags(md: str, found: list, where) -> list:
+    """(number, why) for the order rule: two neighbouring numbers of the same kind (unit, decimal or not) in one table
+    row, or two neighbouring decimals of the same kind in one sentence, that an output line holds together stand in
+    its order. `found` is [(Number, hits)] of the traced numbers."""
+    line = lambda h, n: (h[2][:3], h[2][3]) if isinstance(h[2], tuple) and (h[2][1] != -1 or n.decimals) else None
+    return _out_of_order(md, found, line, lambda a, b, row, c: row or a.decimals > 0, where, "output line")
 
 
 def significant_digits(n: Number) -> int:
@@ -484,28 +490,16 @@ def significant_digits(n: Number) -> int:
 
 def source_order_flags(md: str, found: list, where) -> list:
     """(number, why) for the order rule at the scale of an output: two neighbouring numbers of the same kind in one
-    sentence or table row, each written with at least 3 significant digits, that one output (a cell's printed text)
-    holds stand in that output's order (line by line, left to right)."""
-    out = []
-    for s, e, row in segments(md):
-        inside = []
-        for n, hits in found:
-            if s <= n.start < e:
-                cells = {}
-                for h in hits:
-                    if isinstance(h[2], tuple):
-                        cells.setdefault(h[2][:2], []).append(h[2][2:4])
-                inside.append((n, cells))
-        for kind in {_kind(n) for n, _ in inside}:
-            same = [(n, c) for n, c in inside if _kind(n) == kind]
-            for (a, ca), (b, cb) in pairwise(same):
-                listed = re.fullmatch(r"\s*(?:/|,|and|, and|or|, or|to)\s*", md[a.end:b.start])
-                if not listed and (significant_digits(a) < 3 or significant_digits(b) < 3):
-                    continue
-                common = {c for c in set(ca) & set(cb) if listed or c[1] != -1}
-                if a.value != b.value and common and all(min(ca[c]) > max(cb[c]) for c in common):
-                    out.append((b, f"stands before {a.text} in the output of {where(min(common))}"))
-    return out
+    sentence or table row that one output (a cell's printed text) holds stand in that output's order (line by line,
+    left to right), when each is written with at least 3 significant digits or the two are listed (only `/`, `,`,
+    `and`, `or` or `to` between them); for listed numbers a cited document's order counts too."""
+    listed = lambda a, b: re.fullmatch(r"\s*(?:/|,|and|, and|or|, or|to)\s*", md[a.end:b.start]) is not None
+    output = lambda h, n: (h[2][:2], h[2][2:4]) if isinstance(h[2], tuple) else None
+
+    def keep(a, b, row, c):
+        both = listed(a, b)
+        return (both or (significant_digits(a) >= 3 and significant_digits(b) >= 3)) and (both or c[1] != -1)
+    return _out_of_order(md, found, output, keep, where, "the output of")
 
 
 def nearest_words(md: str, s: int, e: int, numbers: list) -> dict:

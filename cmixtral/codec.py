@@ -211,7 +211,8 @@ def table_markdown(df) -> str:
         ok = g[g.status == "ok"].sort_values("tokens_per_char")
         first = g.iloc[0]
         out += [
-            f"### {s} ({first.lang}: {int(ok.docs.iloc[0]) if len(ok) else 0:,} documents, {int(ok.chars.iloc[0]) if len(ok) else 0:,} characters)",
+            f"### {s} ({first.lang}: {int(ok.docs.iloc[0]) if len(ok) else 0:,} documents, "
+            f"{int(ok.chars.iloc[0]) if len(ok) else 0:,} characters)",
             "",
             "| " + " | ".join(cols.values()) + " |",
             "|" + "---|" * len(cols),

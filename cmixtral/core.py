@@ -513,9 +513,14 @@ def process_env(cfg: Config) -> dict:
 
 @contextmanager
 def environment(env: dict):
-    "Set the variables of `env` in `os.environ` for the block, then put back what was there before."
+    """Set the variables of `env` in `os.environ` for the block (a value None unsets one), then put back what was
+    there before."""
     before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -690,7 +695,8 @@ def hub_cached(
     repo_id: str, repo_type: str = "dataset", revision: str | None = None, cache_dir=None
 ) -> dict[str, int]:
     """{name: bytes} of the files of hub repo `repo_id` complete in the Hugging Face cache (`cache_dir`, default
-    huggingface_hub's) at `revision` (default: the branch main), nothing fetched, online or not; {} if none is cached."""
+    huggingface_hub's) at `revision` (default: the branch main), nothing fetched, online or not; {} if none is
+    cached."""
     from huggingface_hub import snapshot_download
 
     try:

@@ -49,7 +49,8 @@ def _prose_math(text: str) -> str:
 
 
 def math_to_mathml(md: str) -> str:
-    "Markdown with each `$$…$$` and `$…$` formula outside code turned into MathML, which browsers draw by themselves."
+    """Markdown with each `$$…$$` and `$…$` formula outside code turned into MathML, which browsers draw by
+    themselves."""
     parts = _CODE_SPANS.split(md)  # code at odd positions
     return "".join(p if i % 2 else _prose_math(p) for i, p in enumerate(parts))
 
@@ -560,7 +561,8 @@ def write_notebook(path, nb: dict):
 
 
 def shown_outputs(outputs: list) -> list:
-    "The outputs a page shows: no stderr stream, and no line of a stdout stream that is a library's notice (NOISE_LINES)."
+    """The outputs a page shows: no stderr stream, and no line of a stdout stream that is a library's notice
+    (NOISE_LINES)."""
     out = []
     for o in outputs:
         if o.get("output_type") == "stream":

@@ -196,8 +196,8 @@ def calibrate_lm_head(
 def rest_of_spelling_logprob(
     model, spellings: list[list[int]], n_old: int, bos_id: int = 1, batch: int = 256
 ) -> torch.Tensor:
-    """log P(p2 … pk | <s> p1) under `model` for each spelling p1 … pk, in nats, over the first `n_old` tokens (0 for
-    one piece)."""
+    """log P(p2 … pk | <s> p1) under `model` for each spelling p1 … pk, in nats, over the first `n_old` tokens
+    (0 for one piece)."""
     out, dev = torch.zeros(len(spellings)), model.get_input_embeddings().weight.device
     for lo in progress(range(0, len(spellings), batch), "spelling log-probs"):
         ss = spellings[lo : lo + batch]

@@ -81,8 +81,8 @@ class EvalConfig:
 
 # %% ../nbs/60_eval.ipynb #d049eab7
 def split_sentences(text: str, lang: str) -> list[str]:
-    """Sentences of `text`: Chinese split after 。！？；, English after . ! ? followed by a capital or quote; lines never
-    joined."""
+    """Sentences of `text`: Chinese split after 。！？；, English after . ! ? followed by a capital or quote;
+    lines never joined."""
     out = []
     for line in text.splitlines():
         parts = (
@@ -716,7 +716,8 @@ def task_config(task: str, subject: str, files: dict, prefix: str = "cmx_") -> d
             "test_split": ev,
             "fewshot_split": fs,
             "description": f"The following are multiple choice questions (with answers) about {name}.\n\n",
-            "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+            "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
+            "D. {{choices[3]}}\nAnswer:",
             "doc_to_target": "answer",
             "metadata": {"version": 1.0},
         }
@@ -951,7 +952,8 @@ def model_lineage(run_dir, names: list[str]) -> list[dict]:
             else:
                 same = "the method of" if arm == init_method else "not"
                 start = (
-                    f"the base resized and initialised by `{arm}` within the pretrain stage ({same} `embed_init/model`, "
+                    f"the base resized and initialised by `{arm}` within the pretrain stage "
+                    f"({same} `embed_init/model`, "
                     f"which is `{init_method}`)"
                 )
             amount = f" on {chars:,} characters" if isinstance(chars, int) else ""

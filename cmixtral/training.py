@@ -662,7 +662,8 @@ def entry_parser(
 
 def run_entry_point(train, report) -> int:
     """What a torchrun entry point returns: 0 after `train()` finished (rank 0 prints `report(result)` as JSON) or
-    was asked to stop (a checkpoint or the finished units are saved; the job requeues and resumes), 2 with one line on bad input."""
+    was asked to stop (a checkpoint or the finished units are saved; the job requeues and resumes), 2 with one line
+    on bad input."""
     try:
         r = train()
     except StageStopped as e:  # TrainingStopped, or a stage of units stopped between two of them

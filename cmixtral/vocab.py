@@ -563,7 +563,8 @@ def power_law(x, y) -> tuple[float, float]:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or len(set(x.tolist())) < 2 or (x <= 0).any() or (y <= 0).any():
         fail(
-            f"a power-law fit needs at least two distinct positive x with as many positive y, got x={x.tolist()} y={y.tolist()}"
+            f"a power-law fit needs at least two distinct positive x with as many positive y, "
+            f"got x={x.tolist()} y={y.tolist()}"
         )
     b, log_a = np.polyfit(np.log(x), np.log(y), 1)
     return float(math.exp(log_a)), float(b)

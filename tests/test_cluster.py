@@ -379,3 +379,18 @@ def test_disk_plan_offline_reads_the_cache_then_size_gb_then_names_what_it_canno
                              "DKYoon-SlimPajama-6B 14.5 GB from config)" if separate else "about "), detail
     assert "not counted: SkyPile-150B-2023 (offline, not in the Hugging Face cache: state data.datasets.1.size_gb)" in detail
     assert [r["check"] for r in rows] == (["disk", "disk hub-cache"] if separate else ["disk"])
+
+
+def test_the_configs_env_is_exported_by_every_job_and_the_clusters_own_wins(tmp_path):
+    "A config's `env` reaches a stage's job and a prepare job (rehearsal: torchrun); cluster.slurm.env overrides it."
+    import yaml
+    for config, stage in (("configs/micro.yaml", "vocab"), ("configs/rehearsal.yaml", "pretrain-prepare")):
+        d = yaml.safe_load((ROOT/config).read_text())
+        d["env"] = {**(d.get("env") or {}), "CMIXTRAL_ENV_PROBE": "1", "NCCL_DEBUG": "INFO"}
+        d["cluster"]["slurm"]["env"] = {**d["cluster"]["slurm"].get("env", {}), "NCCL_DEBUG": "WARN"}
+        cfg = tmp_path/f"{stage}.yaml"
+        cfg.write_text(yaml.safe_dump(d))
+        _, txt = sbatch(tmp_path, cfg, stage)
+        lines = txt.splitlines()
+        assert "export CMIXTRAL_ENV_PROBE=1" in lines, stage
+        assert "export NCCL_DEBUG=WARN" in lines and "export NCCL_DEBUG=INFO" not in lines, stage

@@ -517,14 +517,13 @@ def nearest_words(md: str, s: int, e: int, numbers: list) -> dict:
 def naming_flags(md: str, found: list, pools: dict) -> list:
     """(number, why) for the naming rule:
     - a number written with at most 2 significant digits (0.05, 16, 5%, 93 GB), which many sources hold by chance, has
-      a source its sentence names: an output line or figure key with a word of the sentence, a cited number whose
-      `words` the sentence uses, or a line of numbers alone;
+      a source named by the words nearest to it in its sentence (in a table row, also the row's first cell): an output
+      line or figure key with one of those words, a cited number whose `words` has one, or a line of numbers alone;
     - a number that only cited numbers with `words` hold stands nearest to one of those words in its sentence (25,000
       "added" and 57,000 "in all" swapped are caught)."""
     out = []
     for s, e, row in segments(md):
         inside = [(n, hits) for n, hits in found if s <= n.start < e]
-        said = word_parts(words(md[s:e].replace("`", " ")))
         near = nearest_words(md, s, e, [n for n, _ in inside])
         if row:                                           # in a table, the row's first cell names each of its numbers
             head = word_parts(words(md[s:e].strip().strip("|").split("|")[0].replace("`", " ")))
@@ -532,7 +531,7 @@ def naming_flags(md: str, found: list, pools: dict) -> list:
         for n, hits in inside:
             names = [pools[n].naming(h) for h in hits]
             if significant_digits(n) <= 2 and not any(w is None or w & near[n] for w in names):
-                out.append((n, "no source of it is named in its sentence (an output line's words, a figure's key, "
+                out.append((n, "no source of it is named beside it (an output line's words, a figure's key, "
                                "a cited number's `words`)"))
             elif all(isinstance(h[2], tuple) and h[2][1] == -1 and w for h, w in zip(hits, names)) and not any(
                     w & near[n] for w in names):

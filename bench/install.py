@@ -6,7 +6,8 @@ Creates a venv in a temporary directory, asks make for the install recipe with P
 (`make -n install`), runs those commands one by one from the repository root and times each. Then checks
 the venv: every installed package (but pip and cmixtral) at its version in the lock and none outside it;
 cmixtral, deepspeed, bitsandbytes, peft and lm_eval import; `cmixtral --help` runs; deepspeed imports
-with DS_ACCELERATOR=cpu. `--no-cache` runs the steps with PIP_NO_CACHE_DIR=1 (nothing from earlier
+with DS_ACCELERATOR=cpu (these imports after the pipeline when there is one, which then starts from the venv
+exactly as `make install` left it). `--no-cache` runs the steps with PIP_NO_CACHE_DIR=1 (nothing from earlier
 downloads or builds); `--keep` keeps the venv and prints its path. `--pipeline CONFIG` then runs
 `bench/pipeline.py --config CONFIG` with the venv's python and `cmixtral` (a cold cache and a fresh run directory,
 `bench/out/fresh-<config>`), and writes the first hour of a fresh machine, install and pipeline, to
@@ -98,6 +99,12 @@ if not failed:
     missing = sorted(n for n in pins if n not in got)
     checks.append(("every package at its lock version, none outside it", not off, "; ".join(off)))
     checks.append(("every package of the lock installed", not missing, ", ".join(missing)))
+
+
+def probe():
+    """Import what the project needs and run its CLI in the venv; one check each. Run after the pipeline when there is
+    one: `make install` compiles no bytecode, so a first import compiles what it imports, and the pipeline must pay
+    for that itself, as on a fresh machine."""
     probes = [
         ("import cmixtral, deepspeed, bitsandbytes, peft, lm_eval",
          [str(py), "-c", "import cmixtral, deepspeed, bitsandbytes, peft, lm_eval"], {}),
@@ -113,14 +120,21 @@ if not failed:
         name += f" ({time.time() - t:.0f} s)"
         checks.append((name, r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]))
 
+
+def report_checks():
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+
+
 print(f"\n{'step':<100} {'wall s':>8}")
 for name, seconds in rows:
     shown = name if len(name) <= 100 else name[:97] + "..."
     print(f"{shown:<100} {seconds:>8.1f}")
 print(f"{'total':<100} {total:>8.1f}   ({total / 60:.1f} min; goal: under 3 min on 2 cores, cold cache)")
 print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-for name, ok, detail in checks:
-    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"))
+if not failed and not a.pipeline:
+    probe()
+report_checks()
 
 
 def run_pipeline(config):
@@ -136,6 +150,8 @@ def run_pipeline(config):
 
 if a.pipeline and not failed and all(ok for _, ok, _ in checks):
     seconds, stages = run_pipeline(a.pipeline)
+    probe()
+    report_checks()
     table = [("part", "step", "seconds"), ("install", "total", f"{total:.1f}")]
     table += [("install", name, f"{s:.1f}") for name, s in rows]
     table += [("pipeline", r["stage"], f"{float(r['wall_s']):.1f}") for r in stages]

@@ -663,7 +663,8 @@ def load_codec(spec: TokenizerSpec, run_dir, cache, S: CodecConfig) -> Codec:
 
 # %% ../nbs/70_codec.ipynb #c0dec5a4
 # Rates for a run that has measured none yet, each with where it comes from.
-# encode and decode check, one tokenizer: the tiny run's slowest encoder (2.2 MB/s, Qwen2 on English) halved
+# encode and decode check, one tokenizer: a conservative rate for a loaded machine, below the slowest encoder the tiny
+# run measures (Qwen2 on English, in this chapter's throughput table)
 MEASURE_MB_PER_S = 1.0
 GRID_MB_PER_S = (
     1.0  # merge and SentencePiece encode of one grid model: taken equal to MEASURE_MB_PER_S (not measured)

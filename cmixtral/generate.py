@@ -59,8 +59,9 @@ class CallbackStreamer:
 
 # %% ../nbs/55_generate.ipynb #0a7691cb
 def sampling_kwargs(S: SamplingConfig, tok) -> dict:
-    """`model.generate` keyword arguments for `S` (greedy when the temperature is 0). Top-k is off: the seed samples
-    with vLLM (its `max_tokens`), which keeps every token top-p keeps, where `generate` would cut at its default 50."""
+    """`model.generate` keyword arguments for `S` (greedy when the temperature is 0). Top-k is off: the seed's
+    `max_tokens` is vLLM's name for the limit, so it most likely sampled with vLLM, which keeps every token top-p keeps,
+    where `generate` would cut at its default 50."""
     sample = S.temperature > 0
     return dict(
         do_sample=sample,

@@ -11,8 +11,8 @@ __all__ = ['OUTPUT_ONLY', 'CJK_RANGES', 'CJK_FAMILY', 'FONT_STEM', 'CJK_PUNCTUAT
            'cjk_font_path', 'use_cjk_font', 'project_settings', 'mkdocs_config', 'site_css', 'strip_page',
            'heading_tokens', 'notebook_pages_plugin', 'proc_failure', 'processed_notebooks', 'write_pages',
            'write_assets', 'build_site', 'write_notebook', 'shown_outputs', 'run_relative', 'adopt_outputs',
-           'adopt_images', 'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures', 'run_figures',
-           'bench_figures', 'write_figures', 'readme_text', 'write_readme']
+           'adopt_images', 'unfinished_notebooks', 'adopt_run', 'execute_chapter', 'flat_figures', 'csv_figures',
+           'run_figures', 'bench_figures', 'write_figures', 'readme_text', 'write_readme']
 
 # %% ../nbs/95_docs.ipynb #83562ea4
 import base64, csv, html, json, math, os, re, shutil, subprocess, sys, tempfile
@@ -649,11 +649,28 @@ def adopt_images(run_dir, images: Path) -> list[str]:
     return done
 
 
+def unfinished_notebooks(run_dir) -> list[str]:
+    """The executed notebooks of `run_dir` that no finished stage run stands behind: the stage (`40_pretrain` ->
+    `pretrain`) has no manifest, or its manifest is older than the notebook (papermill saves a notebook as it runs, and
+    the pipeline rewrites the manifest after a stage completes, so a killed or failed run leaves the notebook newer)."""
+    out = []
+    for p in sorted((Path(run_dir) / "notebooks").glob("*.ipynb")):
+        m = Path(run_dir) / re.sub(r"^\d+_", "", p.stem) / "manifest.json"
+        if not m.exists() or p.stat().st_mtime > m.stat().st_mtime:
+            out.append(p.name)
+    return out
+
+
 def adopt_run(run_dir, nbs: Path | None = None) -> dict:
     """Adopt the outputs of every executed notebook of `run_dir` into the matching notebook in `nbs`, the README's
     figures into `nbs/images`, and the run's numbers (with the committed first-run benchmark's, `FRESH_BENCH`) into
     `nbs/figures.json`."""
     nbs = Path(nbs or project_root() / "nbs")
+    if bad := unfinished_notebooks(run_dir):
+        fail(
+            f"{run_dir}: {', '.join(bad)} not from a finished stage run (no manifest, or one older than the notebook): "
+            "run those stages again before adopting"
+        )
     done = {
         p.name: adopt_outputs(p, nbs / p.name)
         for p in sorted((Path(run_dir) / "notebooks").glob("*.ipynb"))

@@ -15,8 +15,8 @@ __all__ = ['STAGE_GPU_WORK', 'RELEASE_GPU_WORK', 'JOB_PARTS', 'ARRAY_KEYS', 'JOB
            'local_paths', 'check_paths', 'check_heldout', 'needed_packages', 'package_version', 'check_packages',
            'hub_repos', 'hub_offline', 'hub_access', 'check_hub', 'flash_attention_wanted', 'check_cuda', 'node_check',
            'check_deepspeed', 'slurm_hours', 'gpu_hours', 'gpu_use_problem', 'check_stage_jobs', 'check_memory',
-           'mem_gb', 'check_host_memory', 'stage_time_plans', 'check_time_plans', 'hub_cache_dir', 'hub_inputs',
-           'token_bytes', 'disk_plan', 'check_disk', 'preflight']
+           'mem_gb', 'check_host_memory', 'stage_time_plans', 'check_time_plans', 'hub_inputs', 'token_bytes',
+           'disk_plan', 'check_disk', 'preflight']
 
 # %% ../nbs/80_cluster.ipynb #d360046f
 import dataclasses, functools, json, math, os, re, shlex, shutil, subprocess, sys, time
@@ -1436,22 +1436,12 @@ def check_time_plans(cfg: Config, run_dir=None, nbs=None) -> list[dict]:
     return rows
 
 # %% ../nbs/80_cluster.ipynb #2f67239a
-def hub_cache_dir() -> Path:
-    """Where huggingface_hub keeps what it downloads (`huggingface_hub.constants.HF_HUB_CACHE`), read from the
-    environment now, as a new process would: `HF_HUB_CACHE`, else `HF_HOME`/hub, else ~/.cache/huggingface/hub."""
-    e = os.environ
-    if e.get("HF_HUB_CACHE") or e.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(e.get("HF_HUB_CACHE") or e["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    home = e.get("HF_HOME") or Path(e.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
-    return Path(home).expanduser() / "hub"
-
-
 def _repo_files(repo: str) -> tuple[dict[str, int], dict[str, int], str]:
     """({path: bytes} of every file of dataset repo `repo`, {path: bytes} of those in the Hugging Face cache, why the
     first is not the hub's listing): the hub's listing and ''; offline, or when the hub does not list it, the cache.
-    Offline and the cache are read from the environment now (`hub_offline`, `hub_cache_dir`), as `check_hub` and
+    Offline and the cache are read from the environment now (`hub_offline`, `hub_cached`), as `check_hub` and
     `check_disk` read them; the listing asks huggingface_hub's endpoint with the user's token."""
-    cache = hub_cached(repo, cache_dir=hub_cache_dir())
+    cache = hub_cached(repo)
     if hub_offline():
         return cache, cache, "offline"
     try:

@@ -690,6 +690,9 @@ def _text_bytes(cfg, S: CodecConfig, run_dir) -> tuple[float, float, str]:
         if not t.repo and p.exists():
             held[t.name] = (t.lang, p.stat().st_size)
             how.add("local text files")
+        elif t.repo and (b := hub_cached(t.repo).get(t.path)):
+            held[t.name] = (t.lang, b)
+            how.add("hub texts in the Hugging Face cache")
         else:
             held[t.name] = (t.lang, HUB_TEXT_BYTES)
             how.add(f"{HUB_TEXT_BYTES / 1e9:g} GB assumed per hub text (the seed's SkyPile file)")

@@ -17,9 +17,9 @@ __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_R
            'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
            'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps',
            'load_config', 'process_env', 'environment', 'add_config_options', 'from_dict', 'section', 'cache_dir',
-           'project_root', 'project_file', 'hub_files', 'hub_cached', 'hub_listing', 'hub_url', 'module_imports',
-           'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun', 'stop_requested',
-           'StageStopped', 'Units', 'check_share', 'seed_everything']
+           'project_root', 'project_file', 'hub_files', 'hub_cache_dir', 'hub_cached', 'hub_listing', 'hub_url',
+           'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun',
+           'stop_requested', 'StageStopped', 'Units', 'check_share', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -691,14 +691,25 @@ def hub_files(
     return [snap / g for g in _hub_matching(cached, patterns, exclude, repo_id, repo_type)]
 
 
+def hub_cache_dir() -> Path:
+    """Where huggingface_hub keeps what it downloads (`huggingface_hub.constants.HF_HUB_CACHE`), read from the
+    environment now, as a new process would: `HF_HUB_CACHE`, else `HF_HOME`/hub, else ~/.cache/huggingface/hub."""
+    e = os.environ
+    if e.get("HF_HUB_CACHE") or e.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(e.get("HF_HUB_CACHE") or e["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    home = e.get("HF_HOME") or Path(e.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
 def hub_cached(
     repo_id: str, repo_type: str = "dataset", revision: str | None = None, cache_dir=None
 ) -> dict[str, int]:
     """{name: bytes} of the files of hub repo `repo_id` complete in the Hugging Face cache (`cache_dir`, default
-    huggingface_hub's) at `revision` (default: the branch main), nothing fetched, online or not; {} if none is
-    cached."""
+    `hub_cache_dir()`, the environment's now) at `revision` (default: the branch main), nothing fetched, online or
+    not; {} if none is cached."""
     from huggingface_hub import snapshot_download
 
+    cache_dir = cache_dir or hub_cache_dir()  # not huggingface_hub's constant, fixed when it was first imported
     try:
         snap = Path(
             snapshot_download(

@@ -371,3 +371,38 @@ print(hub_files("org/web", ["data/*.parquet"])[0].read_bytes().hex())
         ranges = [rng for m, p, rng in hub.requests if m == "GET" and "/resolve/" in p]
     assert r.returncode == 0, r.stderr[-2000:]
     assert bytes.fromhex(r.stdout.strip()) == data and ranges == ["bytes=100-"]
+
+
+def test_the_codec_time_plan_counts_a_cached_hub_text_at_its_own_size(tmp_path):
+    "A hub text in the cache counts at its size; one not cached yet at the stated size of the seed's SkyPile file."
+    home = tmp_path / "hf"
+    cache_repo(home, "Skywork/SkyPile-150B", {"data/a_zh_head_0000.jsonl": '{"text": "中"}\n'.encode() * 1000},
+               "dataset")
+    r = run_offline(
+        home,
+        """
+import json
+from cmixtral.core import Config
+from cmixtral.codec import codec_time_plan
+texts = [dict(name=n, lang="zh", repo="Skywork/SkyPile-150B", path=f"data/{n}_zh_head_0000.jsonl") for n in "ab"]
+plans = [codec_time_plan(Config({"vocab": {"char_levels": [1], "zh_vocab_sizes": [5]},
+                                 "codec": {"tokenizers": [{"name": "m", "source": "base"}], "texts": t}}))
+         for t in (texts[:1], texts)]
+print(json.dumps([p[0]["assumption"] for p in plans]))
+""",
+    )
+    cached, both = last_json(r)
+    assert "0.02 MB of text (hub texts in the Hugging Face cache)" in cached, cached        # 16,000 bytes
+    assert "1,400.02 MB of text" in both and "GB assumed per hub text" in both, both       # b is not cached
+
+
+def test_hub_cached_reads_the_cache_the_environment_names_now(tmp_path, monkeypatch):
+    "huggingface_hub fixes its cache path when first imported; `hub_cached` follows HF_HOME as it is at the call."
+    import huggingface_hub  # noqa: F401  (imported before HF_HOME changes, as in a notebook or a preflight)
+
+    home = tmp_path / "hf"
+    cache_repo(home, "Skywork/SkyPile-150B", {"data/x.jsonl": b"{}\n"}, "dataset")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    assert hub_cached("Skywork/SkyPile-150B") == {"data/x.jsonl": 3}

@@ -103,8 +103,7 @@ if not failed:
 
 def probe():
     """Import what the project needs and run its CLI in the venv; one check each. Run after the pipeline when there is
-    one: `make install` compiles no bytecode, so a first import compiles what it imports, and the pipeline must pay
-    for that itself, as on a fresh machine."""
+    one, so that the pipeline starts from the venv exactly as `make install` left it, nothing imported ahead of it."""
     probes = [
         ("import cmixtral, deepspeed, bitsandbytes, peft, lm_eval",
          [str(py), "-c", "import cmixtral, deepspeed, bitsandbytes, peft, lm_eval"], {}),

@@ -655,7 +655,7 @@ def unfinished_notebooks(run_dir) -> list[str]:
     the pipeline rewrites the manifest after a stage completes, so a killed or failed run leaves the notebook newer)."""
     out = []
     for p in sorted((Path(run_dir) / "notebooks").glob("*.ipynb")):
-        m = Path(run_dir) / re.sub(r"^\d+_", "", p.stem) / "manifest.json"
+        m = Path(run_dir) / re.sub(r"^\d+[a-z]?_", "", p.stem) / "manifest.json"  # as cluster's stage names
         if not m.exists() or p.stat().st_mtime > m.stat().st_mtime:
             out.append(p.name)
     return out

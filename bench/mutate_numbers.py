@@ -8,7 +8,8 @@ flipped, the unit changed (MiB<->GiB, MB<->GB, s<->min, h->min, % -> points, M<-
 same kind in one sentence or table row swapped; plus the kinds of wrong number a read-through found (`read-through` rows).
 After each, the test's own checking function (`check_notebook`, imported from the test: one implementation) runs on
 the mutated copy; a mutation is caught when it raises a flag the unmutated copy does not. Writes one row per mutation
-(notebook, cell, original, mutated, rule, caught) and prints the share caught, by rule, and what escaped.
+(notebook, cell, original, mutated, rule, caught), and beside it a summary (`.json`: seed, planted, caught, and the
+flags the unmutated book raises, its false alarms), and prints the share caught, by rule, and what escaped.
 """
 
 import argparse
@@ -193,6 +194,8 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     n, caught = len(rows), sum(r["caught"] for r in rows)
+    summary = {"seed": args.seed, "planted": n, "caught": caught, "false_alarms": len(false_alarms)}
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"{caught} of {n} planted wrong numbers caught ({100*caught/n:.1f}%), seed {args.seed}, "
           f"{time.time() - t0:.0f} s; written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     for rule, total in Counter(r["rule"] for r in rows).items():

@@ -12,7 +12,7 @@ Where a number may come from:
 
 What counts: a decimal, an integer from 10 up, any percentage and any signed number in a Markdown cell; not code,
 links, formulas, versions (`v2`, `4.57.1`, `transformers 4.57`), identifiers (`zh_c3500`, `Qwen2-1.5B`, `seed 004`),
-code points and years.
+a type's width (`16-bit`), code points and years.
 
 How a number matches (one rule each):
 - value: a source value rounds to it at the decimals the prose shows (7.40 holds 7.4003, not 7.4071).
@@ -29,18 +29,26 @@ How a number matches (one rule each):
 - order: two neighbouring numbers of the same kind (unit; decimal or integer) in one table row, or two neighbouring
   decimals of the same kind in one sentence, that one output line (a line of text, a table's row) holds together
   stand in that line's order.
-- row: when the first cell of a table row names a row of an output table (the words before a line's first number)
-  or of a figure (a table's row label in its key, `pretrain/arms.csv:mean:zh`) that holds one of the row's numbers,
-  every number of the row has a source in that row (two arms' values swapped are caught).
+- row: when the first cell of a table row, or the words that name a number in a sentence ("Qwen2 with 43.7% fewer"),
+  name a row of an output table (the words before a line's first number) or of a figure (a table's row label in its
+  key, `pretrain/arms.csv:mean:zh`) that holds one of its numbers, the number has a source in that row (two arms'
+  values swapped are caught).
 - output order: two neighbouring numbers of the same kind in one sentence or table row that one output (a cell's
-  printed text) holds stand in its order, line by line, when each is written with at least 3 significant digits or
-  the two are listed (only `/`, `,`, `and`, `or` or `to` between them; then a cited document's order counts too).
+  printed text) holds stand in its order, line by line, when each is written with at least 3 significant digits; two
+  listed numbers (only `/`, `,`, `and`, `or` or `to` between them) stand in the order of their first mentions in the
+  output (a cited document's order counts too).
 - naming: a number written with at most 2 significant digits (0.05, 16, 5%, 93 GB), which many sources hold by
-  chance, has a source named by the words that stand nearest to it in its sentence (or, in a table, by its row's
-  first cell): an output line with one of those words, a figure whose key has one, a cited number whose `words` has
-  one, or a line of numbers alone. A number only cited numbers with `words` hold needs one of those words nearest to
-  it (25,000 "added" and 57,000 "in all" swapped are caught). Words match with their parts at `_` and `-`, joined
-  (held-out, heldout) and singular.
+  chance, a whole number without a unit, a percentage and a signed number have a source named by the words that name
+  them in their sentence (`nearest_words`: each word names the nearest number of its clause; numbers listed together
+  share their words; in a table, the row's first cell names each number too): an output number named by the words
+  beside it on its line or by its column's header (a line of numbers alone by the last line of its cell's code), a
+  figure whose key has one of those words, a cited number whose `words` has one, or a bare line of numbers. A whole
+  number, a percentage or a signed number that a cited entry without `words` holds (a published figure) is exempt. A
+  number a cited entry with `words` holds always needs a named source; one that only such entries hold needs one of
+  their words nearest to it (25,000 "added" and 57,000 "in all" swapped are caught). A cited setting marked `pin: true`
+  fixes the number that stands right beside its words (`temperature 0.8`, `alpha = 128`). Words match with their parts
+  at `_` and `-`, joined (held-out, heldout), singular, and with a code's short names read in full (`chars`,
+  character; `vocab`, vocabulary; `zh`, Chinese).
 
 A sentence runs across the lines of its paragraph or list item to its full stop (`.`, `;`, `!`, `?`).
 
@@ -131,6 +139,8 @@ def measured_numbers(md: str):
     masked = _mask(md)
     for m in PROSE_NUMBER.finditer(masked):
         v, sign, body, attached, pct = m.groups()
+        if masked.startswith("-bit", m.end()):                          # a type's width: 16-bit, 32-bit
+            continue
         if v or body.count(".") > 1 or attached not in ATTACHED or PACKAGES.search(masked[max(0, m.start() - 20):m.start()]):
             continue                                                      # versions, identifiers, hex
         digits, _, frac = body.replace(",", "").partition(".")
@@ -176,8 +186,10 @@ def output_texts(nb: dict):
             html = o.get("data", {}).get("text/html", "")
             html = html if isinstance(html, str) else "".join(html)
             if html:
+                html = re.sub(r"<style.*?</style>", " ", html, flags=re.DOTALL)
                 rows = re.split(r"</tr>|<br\s*/?>|\n(?=[^<\s])", html)
-                parts.append("\n".join(" ".join(re.sub(r"<[^>]+>", " ", r).split()) for r in rows))
+                cells = lambda r: re.sub(r"<[^>]+>", " ", re.sub(r"</t[hd]>", " | ", r))   # a table's cells apart
+                parts.append("\n".join(re.sub(r"\s*\|$", "", " ".join(cells(r).split())) for r in rows))
             for t in parts:
                 t = t if isinstance(t, str) else "".join(t)
                 if t:
@@ -192,27 +204,23 @@ class Pool:
     entries: list
     labels: dict                  # output line (name, cell, line) -> the words before its first number (its row)
     names: dict                   # output line -> all its words; cited line (source, -1, line) -> the entry's `words`
+    pins: frozenset = frozenset()  # (value, words) of the cited settings a name pins (`pin: true`)
 
     @classmethod
-    def of(cls, entries, labels=None, names=None) -> "Pool":
+    def of(cls, entries, labels=None, names=None, pins=frozenset()) -> "Pool":
         entries = sorted(entries, key=lambda e: e[0])
-        return cls([e[0] for e in entries], entries, labels or {}, names or {})
+        return cls([e[0] for e in entries], entries, labels or {}, names or {}, frozenset(pins))
 
     def __add__(self, other):
-        return Pool.of(self.entries + other.entries, self.labels | other.labels, self.names | other.names)
-
-    def vocab(self) -> frozenset:
-        "Every label word of the pool."
-        if "_vocab" not in self.__dict__:
-            self._vocab = frozenset().union(*(w for h in self.entries if (w := self.words(h)) is not None))
-        return self._vocab
+        return Pool.of(self.entries + other.entries, self.labels | other.labels, self.names | other.names,
+                       self.pins | other.pins)
 
     def words(self, entry) -> frozenset | None:
         "The label words of an entry: its output line's words, its figure key's parts; None for a cited number."
         where = entry[2]
         if where is None:
             return None
-        return self.labels.get(where[:3], frozenset()) if isinstance(where, tuple) else key_words(where)
+        return self.labels.get(line_of(where), frozenset()) if isinstance(where, tuple) else key_words(where)
 
     def naming(self, entry) -> frozenset | None:
         """The words that name an entry, split at `_` and `-`: every word of its output line, the parts of its figure
@@ -224,7 +232,7 @@ class Pool:
             return word_parts(words(where.replace(":", " ").replace(".", " ").replace("/", " ")))
         if where[1] == -1:
             return word_parts(self.names.get(where, frozenset()))
-        w = self.names.get(where[:3], frozenset())
+        w = self.names.get(where) or self.names.get(line_of(where), frozenset())   # its own words, else its line's
         return word_parts(w) if w else None
 
     def hits(self, n: Number) -> list:
@@ -253,20 +261,83 @@ class Pool:
         return out
 
 
+def column_headers(lines: list) -> list:
+    """For each line of an output, its table's header as [(start, end, words)] of the columns, or None: a `|` table
+    (Markdown, or HTML as `output_texts` writes it) is headed by its first line and a column is a cell; a pandas text
+    table by the line of names above its rows, a column ending where its name ends (both are right-aligned)."""
+    out, head = [], None
+    for j, line in enumerate(lines):
+        if "|" in line and not re.fullmatch(r"[\s|:-]*", line):
+            if head is None or head[0] != "|" or j == 0 or "|" not in lines[j - 1]:
+                spans, pos = [], 0
+                for cell in line.split("|"):
+                    spans.append((pos, pos + len(cell), words(cell)))
+                    pos += len(cell) + 1
+                head = ("|", spans)
+                out.append(None)
+                continue
+        elif not line.strip() or "|" in line:
+            head = None
+        elif not OUTPUT_NUMBER.search(line) and len(line.split()) >= 2 and j + 1 < len(lines) and \
+                OUTPUT_NUMBER.search(lines[j + 1]):       # a pandas header: names, then rows of numbers
+            head = ("pandas", [(m.start(), m.end(), words(m.group())) for m in re.finditer(r"\S+", line)])
+            out.append(None)
+            continue
+        out.append(head)
+    return out
+
+
+def column_of(head, line: str, start: int, end: int) -> frozenset:
+    "The header words of the column a number at `line[start:end]` stands in (nothing outside a table)."
+    if head is None:
+        return frozenset()
+    kind, spans = head
+    if kind == "|":
+        col = line[:start].count("|")
+        return spans[col][2] if col < len(spans) else frozenset()
+    return next((w for s, e, w in spans if e == end), None) or next(
+        (w for s, e, w in spans if s < end and start < e), frozenset())
+
+
+@dataclass(frozen=True)
+class Span:
+    "Where a number stands in an output line."
+    start: int
+    end: int
+
+
+def line_of(where: tuple) -> tuple:
+    "The line a number stands on: (notebook, cell, line, part) of an output, (document, -1, line) of a cited one."
+    return where[:3] + where[4:]
+
+
 def output_pool(nb: dict, name: str) -> Pool:
-    "The numbers in the outputs of `nb`, each with its unit and its line (`name`, cell, output line)."
-    entries, labels, names = [], {}, {}
+    """The numbers in the outputs of `nb`, each with its unit and its place (`name`, cell, line, position in the line,
+    which of the cell's printed texts); a number in a table is named by its line and by its column's header."""
+    entries, labels, names, parts = [], {}, {}, {}
+    code = {i: next((w for line in reversed("".join(c["source"]).splitlines()) if (w := words(line))), frozenset())
+            for i, c in enumerate(nb["cells"]) if c.get("cell_type") == "code"}          # what a cell prints last
     for i, text in output_texts(nb):
-        for j, line in enumerate(text.splitlines()):
-            labels[(name, i, j)] = words(OUTPUT_NUMBER.split(line, maxsplit=1)[0])   # the row's name
-            names[(name, i, j)] = words(line)
-            for k, m in enumerate(OUTPUT_NUMBER.finditer(line)):
+        part = parts[i] = parts.get(i, -1) + 1            # the cell's n-th printed text
+        lines = text.splitlines()
+        for j, (line, head) in enumerate(zip(lines, column_headers(lines))):
+            labels[(name, i, j, part)] = words(OUTPUT_NUMBER.split(line, maxsplit=1)[0])   # the row's name
+            names[(name, i, j, part)] = words(line) or (head is None and code.get(i)) or frozenset()
+            found = list(OUTPUT_NUMBER.finditer(line))
+            spans = [Span(m.start(), m.end()) for m in found]
+            counted = [sp for sp, m in zip(spans, found) if not re.fullmatch(r"\d", m.group(2))]   # as in prose
+            near = nearest_words(line, 0, len(line), counted)
+            for k, m in enumerate(found):
+                if near.get(spans[k]):                    # a number is named by the words beside it on its line
+                    names[(name, i, j, k, part)] = frozenset(near[spans[k]])
                 sign, body, unit = m.groups()
                 try:
                     v = float(body.replace(",", "")) * (-1 if sign in ("−", "-") else 1)
                 except ValueError:
                     continue
-                entries.append((v, UNIT_WORDS.get(unit, unit), (name, i, j, k)))
+                entries.append((v, UNIT_WORDS.get(unit, unit), (name, i, j, k, part)))
+                if column := column_of(head, line, m.start(), m.end()):
+                    names[(name, i, j, k, part)] = names.get((name, i, j, k, part), frozenset()) | column
     return Pool.of(entries, labels, names)
 
 
@@ -277,7 +348,14 @@ def word_parts(ws) -> frozenset:
     """Words, their parts at `_` and `-` and the parts joined (`mean_calibrated` -> mean_calibrated, mean, calibrated,
     meancalibrated; held-out -> heldout), and their singulars (steps -> step), stop words dropped."""
     out = set(ws) | {p for w in ws for p in re.split(r"[_-]", w) if p and p not in STOP} | {re.sub(r"[_-]", "", w) for w in ws}
-    return frozenset(out | {w[:-1] for w in out if len(w) > 3 and w.endswith("s") and not w.endswith("ss")})
+    out |= {w[:-1] for w in out if len(w) > 3 and w.endswith("s") and not w.endswith("ss")}
+    return frozenset(out | {ABBREVIATED[w] for w in out if w in ABBREVIATED})
+
+
+# A code's short names, read as the prose's words: `train_chars` names characters, `vocab_size` a vocabulary.
+ABBREVIATED = {"char": "character", "chars": "character", "tok": "token", "toks": "token", "vocab": "vocabulary",
+               "zh": "chinese", "en": "english", "doc": "document", "docs": "document", "len": "length",
+               "pct": "percent", "params": "parameter", "param": "parameter", "num": "number"}
 
 
 def words(text: str) -> frozenset:
@@ -296,18 +374,21 @@ def key_words(key: str) -> frozenset:
 
 
 def label_flags(md: str, found: list, pools: dict) -> list:
-    """(number, why) for the label rule: when the first cell of a table row names the row of an output table (the
-    words before a line's first number) or of a figure (its key's row) that holds one of the row's numbers, some
-    source of each of the row's numbers is that row (unless some source of it names no row: a cited number, a bare
-    line)."""
+    """(number, why) for the label rule: when the first cell of a table row, or the words that name a number in a
+    sentence (`nearest_words`: `Qwen2 with 43.7% fewer`), name the row of an output table (the words before a line's
+    first number) or of a figure (its key's row) that holds one of the row's or sentence's numbers, some source of the
+    number is that row (unless some source of it names no row: a cited number, a bare line)."""
     out = []
     for s, e, row in segments(md):
-        if not row:
-            continue
-        head = words(md[s:e].strip().strip("|").split("|")[0].replace("`", ""))
         inside = [(n, [pools[n].words(h) for h in hits]) for n, hits in found if s <= n.start < e]
-        named = head & set().union(*(w for _, ws in inside for w in ws if w is not None))
+        rows = set().union(*(w for _, ws in inside for w in ws if w is not None))
+        if row:
+            head = words(md[s:e].strip().strip("|").split("|")[0].replace("`", ""))
+            near = {n: head for n, _ in inside}
+        else:
+            near = nearest_words(md, s, e, [n for n, _ in inside])
         for n, ws in inside:
+            named = near[n] & rows
             if named and ws and all(ws) and not any(w & named for w in ws):      # a source of no named row: no say
                 out.append((n, f"no source of it is the row {', '.join(sorted(named))}"))
     return out
@@ -335,11 +416,13 @@ def source_path(source: str) -> Path:
 
 @lru_cache(maxsize=8)
 def _cited_pool(text: str) -> Pool:
-    entries, names = [], {}
+    entries, names, pins = [], {}, set()
     for e in yaml.safe_load(text) or []:
         number = str(e["number"]).replace(",", "")
         src = source_path(e["source"])
         said = frozenset(w.lower() for w in e.get("words", []))
+        if e.get("pin"):
+            pins.add((float(number), said))
         if not src.is_file():
             entries.append((float(number), ANY, None))
             continue
@@ -348,7 +431,7 @@ def _cited_pool(text: str) -> Pool:
                 if m.group(2).replace(",", "") == number:
                     entries.append((float(number), UNIT_WORDS.get(m.group(3), m.group(3)), (e["source"], -1, j, k)))
                     names[(e["source"], -1, j, k)] = names.get((e["source"], -1, j, k), frozenset()) | said
-    return Pool.of(entries, names=names)
+    return Pool.of(entries, names=names, pins=pins)
 
 
 def cited_pool(path: Path = CITED) -> Pool:
@@ -451,10 +534,11 @@ def _kind(n: Number) -> tuple:
     return (n.unit, n.decimals > 0)
 
 
-def _out_of_order(md: str, found: list, place, keep, where, what: str) -> list:
+def _out_of_order(md: str, found: list, place, keep, where, what: str, reversed_in=None) -> list:
     """(number, why) for two neighbouring numbers of the same kind in one sentence or table row that every place holding
     both (`place(hit, n)` -> (place, position), or None) holds in the other order; `keep(a, b, row, place)` says which
-    places count."""
+    places count, `reversed_in(a, b, positions of a, positions of b)` what the other order is (by default: every `a`
+    after every `b`)."""
     out = []
     for s, e, row in segments(md):
         inside = []
@@ -469,7 +553,8 @@ def _out_of_order(md: str, found: list, place, keep, where, what: str) -> list:
             same = [(n, at) for n, at in inside if _kind(n) == kind]
             for (a, la), (b, lb) in pairwise(same):
                 common = {c for c in set(la) & set(lb) if keep(a, b, row, c)}
-                if a.value != b.value and common and all(min(la[c]) > max(lb[c]) for c in common):
+                rev = reversed_in or (lambda a, b, la, lb: min(la) > max(lb))
+                if a.value != b.value and common and all(rev(a, b, la[c], lb[c]) for c in common):
                     out.append((b, f"stands before {a.text} in {what} {where(min(common))}"))
     return out
 
@@ -478,8 +563,11 @@ def order_flags(md: str, found: list, where) -> list:
     """(number, why) for the order rule: two neighbouring numbers of the same kind (unit, decimal or not) in one table
     row, or two neighbouring decimals of the same kind in one sentence, that an output line holds together stand in
     its order. `found` is [(Number, hits)] of the traced numbers."""
-    line = lambda h, n: (h[2][:3], h[2][3]) if isinstance(h[2], tuple) and (h[2][1] != -1 or n.decimals) else None
+    line = lambda h, n: (line_of(h[2]), h[2][3]) if isinstance(h[2], tuple) and (h[2][1] != -1 or n.decimals) else None
     return _out_of_order(md, found, line, lambda a, b, row, c: row or a.decimals > 0, where, "output line")
+
+
+LISTED = re.compile(r"\s*(?:/|,|and|, and|or|, or|to)\s*")      # what stands between two numbers of one list
 
 
 def significant_digits(n: Number) -> int:
@@ -493,44 +581,85 @@ def source_order_flags(md: str, found: list, where) -> list:
     sentence or table row that one output (a cell's printed text) holds stand in that output's order (line by line,
     left to right), when each is written with at least 3 significant digits or the two are listed (only `/`, `,`,
     `and`, `or` or `to` between them); for listed numbers a cited document's order counts too."""
-    listed = lambda a, b: re.fullmatch(r"\s*(?:/|,|and|, and|or|, or|to)\s*", md[a.end:b.start]) is not None
+    listed = lambda a, b: LISTED.fullmatch(md[a.end:b.start]) is not None
     output = lambda h, n: (h[2][:2], h[2][2:4]) if isinstance(h[2], tuple) else None
 
     def keep(a, b, row, c):
         both = listed(a, b)
         return (both or (significant_digits(a) >= 3 and significant_digits(b) >= 3)) and (both or c[1] != -1)
-    return _out_of_order(md, found, output, keep, where, "the output of")
+    first = lambda a, b, la, lb: min(la) > min(lb) if listed(a, b) else min(la) > max(lb)   # a list: first mentions
+    return _out_of_order(md, found, output, keep, where, "the output of", first)
 
 
 def nearest_words(md: str, s: int, e: int, numbers: list) -> dict:
-    "Number -> the words of the sentence `md[s:e]` that stand nearer to it than to any other of `numbers` in it."
+    """Number -> the words of the sentence `md[s:e]` that name it: each word goes to the nearest of `numbers` in its
+    clause (between `,` `;` `: ` and brackets), or in the sentence if its clause has none; a number left with no word
+    takes those of the number before it (`Qwen2 (151,936; 43.7%)`)."""
     out = {n: set() for n in numbers}
     if not numbers:
         return out
-    for m in re.finditer(r"[A-Za-z][\w'-]*[A-Za-z0-9]|[A-Za-z]", md[s:e]):
+    def gap(n, a, b):                                  # a name set to a number (`alpha = 128`) stands next to it
+        return (0 if re.fullmatch(r"\s*=\s*", md[b:n.start]) else n.start - b) if b <= n.start else \
+            a - n.end if a >= n.end else 0
+    text = list(md[s:e])
+    for n in numbers:                                  # a number's own unit (93 GB, 30B-token) names nothing
+        text[n.start - s:n.end - s] = " "*(n.end - n.start)
+    text = "".join(text)
+    clause = [0]
+    for i, ch in enumerate(text):
+        clause.append(clause[-1] + (ch in ",;()[]" or text[i:i + 2] in (": ", ":\n")))
+    at = lambda i: clause[i - s]                       # the clause of a position of md
+    for m in re.finditer(r"[A-Za-z][\w'-]*[A-Za-z0-9]|[A-Za-z]", text):
         a, b = s + m.start(), s + m.end()
-        n = min(numbers, key=lambda n: n.start - b if b <= n.start else a - n.end if a >= n.end else 0)
+        mine = [n for n in numbers if at(n.start) == at(a)] or numbers
+        n = min(mine, key=lambda n: gap(n, a, b))
         out[n] |= word_parts(words(m.group()))
+    for x, y in pairwise(sorted(numbers, key=lambda n: n.start)):
+        if not out[y]:
+            out[y] = set(out[x])
     return out
+
+
+def must_be_named(n: Number, hits: list, names: list) -> bool:
+    """Whether the naming rule holds `n` to a source named beside it: a number of at most 2 significant digits, a number
+    a cited entry with `words` holds, and a whole number without a unit, a percentage or a signed number unless a cited
+    entry without `words` holds it (a published figure, named by its document)."""
+    cited = [w for h, w in zip(hits, names) if isinstance(h[2], tuple) and h[2][1] == -1]
+    counted = (n.decimals == 0 and n.unit is None) or n.unit == "%" or n.signed
+    return significant_digits(n) <= 2 or any(cited) or (counted and all(cited))
 
 
 def naming_flags(md: str, found: list, pools: dict) -> list:
     """(number, why) for the naming rule:
-    - a number written with at most 2 significant digits (0.05, 16, 5%, 93 GB), which many sources hold by chance, has
-      a source named by the words nearest to it in its sentence (in a table row, also the row's first cell): an output
-      line or figure key with one of those words, a cited number whose `words` has one, or a line of numbers alone;
+    - a number `must_be_named` has a source named by the words that name it in its sentence (`nearest_words`; numbers
+      listed together share them; in a table row, also the row's first cell): an output number named by the words
+      beside it on its line or by its table column's header (a line of numbers alone, by the last line of its cell's
+      code), a figure whose key has one of those words, a cited number whose `words` has one, or a bare line of
+      numbers;
     - a number that only cited numbers with `words` hold stands nearest to one of those words in its sentence (25,000
-      "added" and 57,000 "in all" swapped are caught)."""
+      "added" and 57,000 "in all" swapped are caught);
+    - a number with the words of a pinned cited setting (`pin: true`) right beside it is that setting (`temperature
+      0.8`; `5% warmup` is 0.05)."""
     out = []
     for s, e, row in segments(md):
         inside = [(n, hits) for n, hits in found if s <= n.start < e]
-        near = nearest_words(md, s, e, [n for n, _ in inside])
+        own = near = nearest_words(md, s, e, [n for n, _ in inside])
+        near = dict(own)
+        for a, b in pairwise(sorted(near, key=lambda n: n.start)):   # a list (18,524 / 960 paragraphs) shares its names
+            if LISTED.fullmatch(md[a.end:b.start]) and _kind(a) == _kind(b):
+                near[a] = near[b] = near[a] | near[b]
         if row:                                           # in a table, the row's first cell names each of its numbers
             head = word_parts(words(md[s:e].strip().strip("|").split("|")[0].replace("`", " ")))
             near = {n: w | head for n, w in near.items()}
         for n, hits in inside:
+            beside = word_parts(words(md[max(s, n.start - 20):n.start] + " " + md[n.end:min(e, n.end + 12)]))
+            pinned = {v for v, said in pools[n].pins if said & own[n] & beside}   # `temperature 0.8`, `alpha = 128`
+            as_written = [n.value] + ([n.value/100] if n.unit == "%" else [])          # 5% is 0.05
+            if pinned and not any(abs(x - v) <= 0.5*10**-n.decimals*(1 + 1e-9) for v in pinned for x in as_written):
+                out.append((n, f"the words beside it name a cited setting of {' or '.join(f'{v:g}' for v in pinned)}"))
+                continue
             names = [pools[n].naming(h) for h in hits]
-            if significant_digits(n) <= 2 and not any(w is None or w & near[n] for w in names):
+            if must_be_named(n, hits, names) and not any(w is None or w & near[n] for w in names):
                 out.append((n, "no source of it is named beside it (an output line's words, a figure's key, "
                                "a cited number's `words`)"))
             elif all(isinstance(h[2], tuple) and h[2][1] == -1 and w for h, w in zip(hits, names)) and not any(
@@ -602,8 +731,8 @@ def test_figures_and_cited_list_are_readable():
     figures = json.loads(FIGURES.read_text(encoding="utf-8"))
     assert figures and all(isinstance(v, (int, float)) for v in figures.values())
     assert list(figures) == sorted(figures), "nbs/figures.json is written with sorted keys (cmixtral adopt)"
-    assert all({"number", "source"} <= set(e) <= {"number", "source", "words"} for e in cited()), (
-        "cited_numbers.yaml: entries are {number, source} and maybe words")
+    assert all({"number", "source"} <= set(e) <= {"number", "source", "words", "pin"} for e in cited()), (
+        "cited_numbers.yaml: entries are {number, source} and maybe words and pin")
 
 
 def test_every_measured_number_in_prose_is_traced():
@@ -635,6 +764,7 @@ def test_cited_numbers_are_in_their_sources():
     ("4.57.1, v2, transformers 4.57, in 2024, `0.03` [x](https://a.b/1.25) md5 8e232115d757bb99, 7 and 4 cores", []),
     ("Zhao et al. (2024, arXiv:2401.01055), seed 004, 8x7B, U+3001", []),
     ("```\n1.5\n```\nhttps://x.org/v/3.14 <img width=\"600\"> $$0.5$$ zh_c3500 ids 1,2,3 U+3001 Qwen2-1.5B seed 004", []),
+    ("a 16-bit float, 32-bit ids", []),
     ("42 arms, 25% at chance, 5% of it, +4.6% and -3, 446 MiB, 13.1 s, 2.4 min, 2.7 GB, 12 items", ["42", "25%", "5%", "+4.6%", "-3", "446 MiB", "13.1 s", "2.4 min", "2.7 GB", "12"]),
 ])
 def test_what_counts_as_a_measured_number(md, found):
@@ -741,3 +871,73 @@ def test_a_low_precision_number_needs_a_source_named_beside_it(tmp_path):
     assert flags("Sampling at temperature 0.8 and top-p 0.9, 12 layers.") == ["12"]            # named by no source
     assert flags("25,000 added pieces make a final vocabulary of 57,000.") == []
     assert flags("57,000 added pieces make a final vocabulary of 25,000.") == ["57,000", "25,000"]   # swapped
+
+
+def _naming(pool, md):
+    found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+    return [n.text for n, _ in naming_flags(md, found, {n: pool for n, _ in found})]
+
+
+def test_a_table_column_names_its_numbers():
+    text = "    char_level  zh_vocab_size\n0         3500          16000\n"          # pandas prints a frame so
+    html = ("<table><thead><tr><th></th><th>char_level</th><th>zh_vocab_size</th></tr></thead>"
+            "<tbody><tr><th>0</th><td>3500</td><td>16000</td></tr></tbody></table>")
+    for out in ({"output_type": "stream", "text": text}, {"output_type": "display_data", "data": {"text/html": html}}):
+        pool = output_pool({"cells": [{"outputs": [out]}]}, "x")
+        assert _naming(pool, "The knee sits at a size of 16,000 with 3,500 single characters.") == []
+        assert _naming(pool, "The knee sits at a size of 3,500 with 16,000 single characters.") == ["3,500", "16,000"]
+
+
+def test_the_words_beside_an_output_number_name_it_not_its_whole_line():
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": (
+        "the highest knee is level 3500 at 16000 pieces; char_levels=[2000, 2500]\n")}]}]}, "x")
+    assert _naming(pool, "It adds 16,000 pieces at level 3,500; levels 2,000 and 2,500.") == []
+    assert _naming(pool, "It adds 3,500 pieces at level 16,000; levels 2,000 and 2,500.") == ["3,500", "16,000"]
+    assert _naming(pool, "It adds 2,500 pieces.") == ["2,500"]             # a list's item, named by the one before it
+
+
+def test_a_bare_printed_number_is_named_by_the_code_that_printed_it():
+    pool = output_pool({"cells": [{"cell_type": "code", "source": "len(tok)",
+                                   "outputs": [{"output_type": "execute_result", "data": {"text/plain": "32000"}}]}]},
+                       "x")
+    assert _naming(pool, "The tokenizer has 32,000 tokens.") == []
+    assert _naming(pool, "Training took 32,000 steps.") == ["32,000"]
+
+
+def test_a_pinned_setting_fixes_the_number_beside_its_name(tmp_path):
+    (tmp_path/"src.txt").write_text("temperature 0.8, top_p 0.9, warmup_ratio 0.05\n")
+    cites = tmp_path/"cited.yaml"
+    cites.write_text(f"- {{number: '0.8', source: {tmp_path/'src.txt'}, words: [temperature], pin: true}}\n"
+                     f"- {{number: '0.05', source: {tmp_path/'src.txt'}, words: [warmup], pin: true}}\n")
+    pool = cited_pool(cites) + output_pool({"cells": [{"outputs": [{"output_type": "stream",
+                                                                     "text": "temperature 0.7 (a sweep)\n"}]}]}, "x")
+    assert _naming(pool, "Sampling at temperature 0.8 after 5% warmup.") == []
+    assert _naming(pool, "Sampling at temperature 0.7 after 6% warmup.") == ["0.7", "6%"]
+
+
+def test_a_sentence_that_names_a_row_holds_that_rows_number():
+    pool = figure_pool({"codec/codec.csv:Qwen2:fewer_pct": 43.7, "codec/codec.csv:DeepSeek:fewer_pct": 41.8})
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in label_flags(md, found, {n: pool for n, _ in found})]
+    assert flags("Then come Qwen2 with 43.7% fewer, DeepSeek with 41.8% fewer.") == []
+    assert flags("Then come Qwen2 with 41.8% fewer, DeepSeek with 43.7% fewer.") == ["41.8%", "43.7%"]
+
+
+def test_listed_numbers_keep_the_order_of_their_first_mentions():
+    pool = output_pool({"cells": [{"outputs": [{"output_type": "stream",
+                                                "text": "level 2000\nlevel 2500\nsize 2000\n"}]}]}, "x")
+
+    def flags(md):
+        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+        return [n.text for n, _ in source_order_flags(md, found, str)]
+    assert flags("Levels 2,000 / 2,500.") == []
+    assert flags("Levels 2,500 / 2,000.") == ["2,000"]                      # 2000 again after 2500 hides no swap
+
+
+def test_a_word_names_the_nearest_number_of_its_clause():
+    md = "DeepSeek-LLM with 41.8% fewer (102,400), Baichuan with 37.2% fewer; Qwen2 (151,936; 43.7%)"
+    near = {n.text: w for n, w in nearest_words(md, 0, len(md), list(measured_numbers(md))).items()}
+    assert "baichuan" in near["37.2%"] and "baichuan" not in near["102,400"]
+    assert "qwen2" in near["43.7%"]                                         # a number with no word of its own

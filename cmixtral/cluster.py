@@ -25,9 +25,6 @@ from pathlib import Path
 from .core import *
 
 # %% ../nbs/80_cluster.ipynb #c25ea0e9
-_STAGE_RE = re.compile(r"^(\d+[a-z]?)_(\w+)\.ipynb$")
-
-
 def nbs_dir() -> Path:
     "The project's `nbs/` folder (in the checkout `project_root` finds)."
     return project_root() / "nbs"
@@ -53,7 +50,7 @@ def list_stages(nbs: Path | None = None) -> dict[str, Path]:
     nbs = Path(nbs or nbs_dir())
     out = {}
     for p in sorted(nbs.glob("*.ipynb")):
-        m = _STAGE_RE.match(p.name)
+        m = STAGE_NOTEBOOK.match(p.name)
         if m and has_parameters_cell(p):
             out[m.group(2)] = p
     return out

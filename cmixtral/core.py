@@ -12,14 +12,14 @@ import yaml
 
 # %% auto #0
 __all__ = ['LIGHT_WHOLE_BYTES', 'LIGHT_CHUNK', 'SAFETENSORS_MAX_HEADER', 'SKIP_REASONS', 'CONFIG_KEYS', 'STAGE_SECTIONS',
-           'LAYERS', 'STOP_FILE_ENV', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash', 'tree_hash',
-           'text_hash', 'safetensors_header_length', 'sampled_ranges', 'light_file_checksum', 'light_checksum',
-           'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
-           'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places', 'heldout_overlaps',
-           'load_config', 'process_env', 'environment', 'add_config_options', 'from_dict', 'section', 'cache_dir',
-           'project_root', 'project_file', 'hub_files', 'hub_cache_dir', 'hub_cached', 'hub_listing', 'hub_url',
-           'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done', 'read_manifest', 'StageRun',
-           'stop_requested', 'StageStopped', 'Units', 'check_share', 'seed_everything']
+           'LAYERS', 'STAGE_NOTEBOOK', 'STOP_FILE_ENV', 'CmixtralError', 'fail', 'get_logger', 'progress', 'file_hash',
+           'tree_hash', 'text_hash', 'safetensors_header_length', 'sampled_ranges', 'light_file_checksum',
+           'light_checksum', 'light_read_bytes', 'atomic_path', 'write_json', 'read_json', 'iter_jsonl', 'read_jsonl',
+           'write_jsonl', 'Config', 'parse_override', 'excluded_by', 'training_sources', 'heldout_places',
+           'heldout_overlaps', 'load_config', 'process_env', 'environment', 'add_config_options', 'from_dict',
+           'section', 'cache_dir', 'project_root', 'project_file', 'hub_files', 'hub_cache_dir', 'hub_cached',
+           'hub_listing', 'hub_url', 'module_imports', 'layer_violations', 'open_run_dir', 'stage_dir', 'stage_done',
+           'read_manifest', 'StageRun', 'stop_requested', 'StageStopped', 'Units', 'check_share', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #cd9f9f3c
 class CmixtralError(Exception):
@@ -842,6 +842,9 @@ def open_run_dir(path, cfg: Config) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #17dd8307
+STAGE_NOTEBOOK = re.compile(r"^(\d+[a-z]?)_(\w+)\.ipynb$")  # a stage's notebook: 40_pretrain.ipynb runs `pretrain`
+
+
 def stage_dir(run_dir, stage: str) -> Path:
     "The folder where `stage` keeps its outputs and manifest."
     p = Path(run_dir) / stage

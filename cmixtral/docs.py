@@ -655,7 +655,8 @@ def unfinished_notebooks(run_dir) -> list[str]:
     the pipeline rewrites the manifest after a stage completes, so a killed or failed run leaves the notebook newer)."""
     out = []
     for p in sorted((Path(run_dir) / "notebooks").glob("*.ipynb")):
-        m = Path(run_dir) / re.sub(r"^\d+[a-z]?_", "", p.stem) / "manifest.json"  # as cluster's stage names
+        stage = STAGE_NOTEBOOK.match(p.name)
+        m = Path(run_dir) / (stage.group(2) if stage else p.stem) / "manifest.json"
         if not m.exists() or p.stat().st_mtime > m.stat().st_mtime:
             out.append(p.name)
     return out

@@ -62,7 +62,7 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from itertools import pairwise
 from pathlib import Path
 
@@ -202,8 +202,9 @@ class Pool:
     or a cited number)."""
     values: list
     entries: list
-    labels: dict                  # output line (name, cell, line) -> the words before its first number (its row)
-    names: dict                   # output line -> all its words; cited line (source, -1, line) -> the entry's `words`
+    labels: dict                  # output line (`line_of`) -> the words before its first number (its row)
+    names: dict                   # output line -> all its words; an output number (its place) -> the words beside it
+                                  # and its column's header; cited number (source, -1, line, k) -> the entry's `words`
     pins: frozenset = frozenset()  # (value, words) of the cited settings a name pins (`pin: true`)
 
     @classmethod
@@ -223,8 +224,9 @@ class Pool:
         return self.labels.get(line_of(where), frozenset()) if isinstance(where, tuple) else key_words(where)
 
     def naming(self, entry) -> frozenset | None:
-        """The words that name an entry, split at `_` and `-`: every word of its output line, the parts of its figure
-        key, the `words` of its cited entry; None for a line with no word at all (a bare row of numbers)."""
+        """The words that name an entry, split at `_` and `-`: the words beside it on its output line and its column's
+        header (else every word of its line), the parts of its figure key, the `words` of its cited entry; None for a
+        line with no word at all (a bare row of numbers)."""
         where = entry[2]
         if where is None:
             return frozenset()
@@ -643,7 +645,7 @@ def naming_flags(md: str, found: list, pools: dict) -> list:
     out = []
     for s, e, row in segments(md):
         inside = [(n, hits) for n, hits in found if s <= n.start < e]
-        own = near = nearest_words(md, s, e, [n for n, _ in inside])
+        own = nearest_words(md, s, e, [n for n, _ in inside])
         near = dict(own)
         for a, b in pairwise(sorted(near, key=lambda n: n.start)):   # a list (18,524 / 960 paragraphs) shares its names
             if LISTED.fullmatch(md[a.end:b.start]) and _kind(a) == _kind(b):
@@ -725,6 +727,13 @@ def check_book(nbs=NBS) -> list:
 
 def cited() -> list:
     return yaml.safe_load(CITED.read_text(encoding="utf-8")) or []
+
+
+def flagged(rule, pool: Pool, md: str) -> list:
+    "The numbers of `md` one rule (`order_flags`, `source_order_flags`, `label_flags`, `naming_flags`) flags against `pool`."
+    found = [(n, pool.hits(n)) for n in measured_numbers(md)]
+    extra = str if rule in (order_flags, source_order_flags) else {n: pool for n, _ in found}
+    return [n.text for n, _ in rule(md, found, extra)]
 
 
 def test_figures_and_cited_list_are_readable():
@@ -811,9 +820,7 @@ def test_order_within_a_row_or_sentence():
     nb = {"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521 2.4129 0.082\nmean 7.3850 2.3330 0.046\n"}]}]}
     pool = output_pool(nb, "x")
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in order_flags(md, found, str)]
+    flags = partial(flagged, order_flags, pool)
     assert flags("| mean | 7.39 | 2.333 |\n| normal | 7.45 | 2.413 |\n") == []
     assert flags("| mean | 2.333 | 7.39 |\n") == ["7.39"]                       # swapped within a row
     assert flags("Mean ends at 7.39 on Chinese and 2.333 on English.") == []
@@ -825,9 +832,7 @@ def test_a_table_row_holds_its_own_rows_numbers():
     nb = {"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521 2.4129 0.082\nmean 7.3850 2.3330 0.046\n"}]}]}
     pool = output_pool(nb, "x") + figure_pool({"pretrain/arms.csv:first_piece:zh": 7.4131, "pretrain.metrics.x": 2.2745})
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in label_flags(md, found, {n: pool for n, _ in found})]
+    flags = partial(flagged, label_flags, pool)
     assert flags("| `mean` init | 7.39 | 2.333 (+4.6%) |\n| `normal` init | 7.45 | 2.413 |\n| first_piece | 7.41 | 2.275 |") == []
     assert flags("| `normal` init | 7.39 | 2.413 |\n| `mean` init | 7.45 | 2.333 |\n") == ["7.39", "7.45"]   # rows swapped
     assert flags("| first_piece | 7.41 | 7.45 |") == ["7.45"]                   # a figure's row label
@@ -845,9 +850,7 @@ def test_output_order_holds_across_an_outputs_lines():
     pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": "normal 7.4521\nmean 7.3850\n"}]},
                                   {"outputs": [{"output_type": "stream", "text": "levels 2000\nnext 2500\nx 16\ny 12\n"}]}]}, "x")
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in source_order_flags(md, found, str)]
+    flags = partial(flagged, source_order_flags, pool)
     assert flags("Normal ends at 7.452 and mean\nat 7.385.") == []
     assert flags("Normal ends at 7.385 and mean\nat 7.452.") == ["7.452"]              # the two lines' values swapped
     assert flags("Levels 2,000 / 2,500.") == [] and flags("Levels 2,500 / 2,000.") == ["2,000"]
@@ -863,9 +866,7 @@ def test_a_low_precision_number_needs_a_source_named_beside_it(tmp_path):
                                                 "text": "temperature 0.8\ntop_p 0.9\nsteps 12\n"}]}]}, "x") + \
         cited_pool(cites)
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in naming_flags(md, found, {n: pool for n, _ in found})]
+    flags = partial(flagged, naming_flags, pool)
     assert flags("Sampling at temperature 0.8 and top-p 0.9, 12 steps.") == []
     assert flags("Sampling at temperature 0.9 and top-p 0.8, 12 steps.") == ["0.9", "0.8"]     # two settings swapped
     assert flags("Sampling at temperature 0.8 and top-p 0.9, 12 layers.") == ["12"]            # named by no source
@@ -873,35 +874,32 @@ def test_a_low_precision_number_needs_a_source_named_beside_it(tmp_path):
     assert flags("57,000 added pieces make a final vocabulary of 25,000.") == ["57,000", "25,000"]   # swapped
 
 
-def _naming(pool, md):
-    found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-    return [n.text for n, _ in naming_flags(md, found, {n: pool for n, _ in found})]
-
-
 def test_a_table_column_names_its_numbers():
     text = "    char_level  zh_vocab_size\n0         3500          16000\n"          # pandas prints a frame so
     html = ("<table><thead><tr><th></th><th>char_level</th><th>zh_vocab_size</th></tr></thead>"
             "<tbody><tr><th>0</th><td>3500</td><td>16000</td></tr></tbody></table>")
     for out in ({"output_type": "stream", "text": text}, {"output_type": "display_data", "data": {"text/html": html}}):
-        pool = output_pool({"cells": [{"outputs": [out]}]}, "x")
-        assert _naming(pool, "The knee sits at a size of 16,000 with 3,500 single characters.") == []
-        assert _naming(pool, "The knee sits at a size of 3,500 with 16,000 single characters.") == ["3,500", "16,000"]
+        flags = partial(flagged, naming_flags, output_pool({"cells": [{"outputs": [out]}]}, "x"))
+        assert flags("The knee sits at a size of 16,000 with 3,500 single characters.") == []
+        assert flags("The knee sits at a size of 3,500 with 16,000 single characters.") == ["3,500", "16,000"]
 
 
 def test_the_words_beside_an_output_number_name_it_not_its_whole_line():
     pool = output_pool({"cells": [{"outputs": [{"output_type": "stream", "text": (
         "the highest knee is level 3500 at 16000 pieces; char_levels=[2000, 2500]\n")}]}]}, "x")
-    assert _naming(pool, "It adds 16,000 pieces at level 3,500; levels 2,000 and 2,500.") == []
-    assert _naming(pool, "It adds 3,500 pieces at level 16,000; levels 2,000 and 2,500.") == ["3,500", "16,000"]
-    assert _naming(pool, "It adds 2,500 pieces.") == ["2,500"]             # a list's item, named by the one before it
+    flags = partial(flagged, naming_flags, pool)
+    assert flags("It adds 16,000 pieces at level 3,500; levels 2,000 and 2,500.") == []
+    assert flags("It adds 3,500 pieces at level 16,000; levels 2,000 and 2,500.") == ["3,500", "16,000"]
+    assert flags("It adds 2,500 pieces.") == ["2,500"]             # a list's item, named by the one before it
 
 
 def test_a_bare_printed_number_is_named_by_the_code_that_printed_it():
     pool = output_pool({"cells": [{"cell_type": "code", "source": "len(tok)",
                                    "outputs": [{"output_type": "execute_result", "data": {"text/plain": "32000"}}]}]},
                        "x")
-    assert _naming(pool, "The tokenizer has 32,000 tokens.") == []
-    assert _naming(pool, "Training took 32,000 steps.") == ["32,000"]
+    flags = partial(flagged, naming_flags, pool)
+    assert flags("The tokenizer has 32,000 tokens.") == []
+    assert flags("Training took 32,000 steps.") == ["32,000"]
 
 
 def test_a_pinned_setting_fixes_the_number_beside_its_name(tmp_path):
@@ -911,16 +909,15 @@ def test_a_pinned_setting_fixes_the_number_beside_its_name(tmp_path):
                      f"- {{number: '0.05', source: {tmp_path/'src.txt'}, words: [warmup], pin: true}}\n")
     pool = cited_pool(cites) + output_pool({"cells": [{"outputs": [{"output_type": "stream",
                                                                      "text": "temperature 0.7 (a sweep)\n"}]}]}, "x")
-    assert _naming(pool, "Sampling at temperature 0.8 after 5% warmup.") == []
-    assert _naming(pool, "Sampling at temperature 0.7 after 6% warmup.") == ["0.7", "6%"]
+    flags = partial(flagged, naming_flags, pool)
+    assert flags("Sampling at temperature 0.8 after 5% warmup.") == []
+    assert flags("Sampling at temperature 0.7 after 6% warmup.") == ["0.7", "6%"]
 
 
 def test_a_sentence_that_names_a_row_holds_that_rows_number():
     pool = figure_pool({"codec/codec.csv:Qwen2:fewer_pct": 43.7, "codec/codec.csv:DeepSeek:fewer_pct": 41.8})
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in label_flags(md, found, {n: pool for n, _ in found})]
+    flags = partial(flagged, label_flags, pool)
     assert flags("Then come Qwen2 with 43.7% fewer, DeepSeek with 41.8% fewer.") == []
     assert flags("Then come Qwen2 with 41.8% fewer, DeepSeek with 43.7% fewer.") == ["41.8%", "43.7%"]
 
@@ -929,9 +926,7 @@ def test_listed_numbers_keep_the_order_of_their_first_mentions():
     pool = output_pool({"cells": [{"outputs": [{"output_type": "stream",
                                                 "text": "level 2000\nlevel 2500\nsize 2000\n"}]}]}, "x")
 
-    def flags(md):
-        found = [(n, pool.hits(n)) for n in measured_numbers(md)]
-        return [n.text for n, _ in source_order_flags(md, found, str)]
+    flags = partial(flagged, source_order_flags, pool)
     assert flags("Levels 2,000 / 2,500.") == []
     assert flags("Levels 2,500 / 2,000.") == ["2,000"]                      # 2000 again after 2500 hides no swap
 

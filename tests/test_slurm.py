@@ -67,7 +67,7 @@ requeue() {
   echo "$? $(date +%s.%N)" > D/requeued-$n
 }
 trap requeue USR1
-trap 'date +%s.%N > D/term-$n; exit 143' TERM
+trap 'date +%s.%N > D/term-$n.part; mv D/term-$n.part D/term-$n; exit 143' TERM   # whole, as the test reads it
 touch D/ready
 # short sleeps: bash runs a trap only between foreground commands
 for i in $(seq 600); do sleep 0.1; done
